@@ -1,0 +1,8 @@
+"""Generators of tiny datasets in the real folder layouts (for the demo and the tests).
+
+The generators themselves need only numpy and Pillow (no torch / OpenMMLab code is used).
+"""
+from .cityscapes_demo import CLASSES as CITYSCAPES_CLASSES
+from .cityscapes_demo import generate_cityscapes_demo, is_complete, render_scene
+
+__all__ = ["CITYSCAPES_CLASSES", "generate_cityscapes_demo", "is_complete", "render_scene"]

@@ -1,0 +1,1 @@
+"""Framework-free PyTorch cores, one module per family."""

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# One-command environment set-up for effvit_plugins.
+#   * creates .venv (Python 3.11)
+#   * installs torch===2.13.0 / torchvision===0.28.0 (the registry's standard builds)
+#   * builds mmcv 2.1.0 from source WITH its ops (C++20 flag for torch>=2.13), caches the wheel
+#   * installs mmengine / mmdet / mmseg / mmpretrain and the test stack, then this project (editable)
+#   * verifies that mmcv.ops loads (a wrong build silently installs mmcv without ops)
+# Idempotent: every step is skipped when its check already passes, so a second run takes seconds.
+set -Eeuo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${EFFVIT_VENV:-$ROOT/.venv}
+CACHE=${EFFVIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/effvit_plugins}
+PY=$VENV/bin/python
+STEP="start"
+trap 'echo "[setup] FAILED in step: $STEP (exit $?). Fix the cause above and re-run: make setup" >&2' ERR
+say() { echo "[setup] $*"; }
+# pip install, quiet; the registry mirror's "Location ... is ignored" notices are dropped.
+pipq() {
+  local rc=0
+  "$PY" -m pip install --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; } || rc=$?
+  rc=${PIPESTATUS[0]}
+  return "$rc"
+}
+
+STEP="virtualenv"
+if [ ! -x "$PY" ]; then
+  say "creating virtualenv $VENV"
+  PYBIN=$(command -v python3.11 || command -v python3)
+  "$PYBIN" -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found %s" % sys.version' 
+  "$PYBIN" -m venv "$VENV"
+else
+  say "virtualenv $VENV exists"
+fi
+
+STEP="torch 2.13.0 + torchvision 0.28.0"
+if "$PY" -c 'import torch, torchvision; assert torch.__version__.split("+")[0] == "2.13.0" and torchvision.__version__.split("+")[0] == "0.28.0"' 2>/dev/null; then
+  say "$STEP already installed"
+else
+  say "installing $STEP (the standard registry builds; this downloads a few GB once)"
+  pipq "torch===2.13.0" "torchvision===0.28.0"
+fi
+
+STEP="build tools (setuptools<82 keeps pkg_resources for mmcv/mmengine)"
+if "$PY" -c 'import pkg_resources, wheel, ninja, psutil' 2>/dev/null; then
+  say "build tools present"
+else
+  say "installing $STEP"
+  pipq "setuptools>=77,<82" wheel ninja psutil
+fi
+
+STEP="mmcv 2.1.0 with ops"
+if "$PY" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"' 2>/dev/null; then
+  say "mmcv 2.1.0 with ops already installed"
+else
+  mkdir -p "$CACHE/wheels"
+  WHL=$(ls "$CACHE"/wheels/mmcv-2.1.0-*.whl 2>/dev/null | head -n1 || true)
+  if [ -z "$WHL" ]; then
+    say "building mmcv 2.1.0 from source with CPU ops (~20 min on 2 cores; cached afterwards in $CACHE/wheels)"
+    BUILD=$(mktemp -d)
+    "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: "mmcv==2.1.0" -d "$BUILD"
+    tar -xzf "$BUILD"/mmcv-2.1.0.tar.gz -C "$BUILD"
+    # torch>=2.13 headers need C++20; mmcv 2.1.0 hard-codes -std=c++17.
+    sed -i 's/-std=c++17/-std=c++20/g' "$BUILD"/mmcv-2.1.0/setup.py
+    (cd "$BUILD"/mmcv-2.1.0 && MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} \
+       "$PY" -m pip wheel --disable-pip-version-check --no-build-isolation --no-deps -w "$CACHE/wheels" . )
+    rm -rf "$BUILD"
+    WHL=$(ls "$CACHE"/wheels/mmcv-2.1.0-*.whl | head -n1)
+  else
+    say "reusing cached wheel $WHL"
+  fi
+  pipq --no-deps "$WHL"
+  pipq "mmengine==0.10.7"  # mmcv's runtime deps (addict, yapf, ...) come with mmengine
+  pipq addict packaging pyyaml yapf opencv-python
+fi
+
+STEP="OpenMMLab stack + test tools (requirements.txt)"
+if "$PY" -c 'import mmengine, mmdet, mmseg, mmpretrain, timm, pycocotools, lvis, cityscapesscripts, ftfy, regex, pytest' 2>/dev/null \
+   && "$PY" -m pip check >/dev/null 2>&1; then
+  say "requirements already satisfied"
+else
+  say "installing $STEP"
+  pipq -r requirements.txt
+fi
+
+STEP="effvit_plugins (editable)"
+if (cd / && "$PY" -c 'import effvit_plugins, os, sys; sys.exit(0 if os.path.dirname(effvit_plugins.__file__).startswith(sys.argv[1]) else 1)' "$ROOT") 2>/dev/null; then
+  say "effvit_plugins already installed in editable mode"
+else
+  say "installing $STEP"
+  pipq --no-build-isolation --no-deps -e .
+fi
+
+STEP="final check: mmcv.ops, mmseg, mmdet, mmpretrain, effvit_plugins import"
+(cd / && "$PY" - <<'PY'
+import mmcv, mmcv.ops, torch
+from mmcv.ops import nms, RoIAlign  # noqa: F401  (compiled ops must be present)
+import mmengine, mmseg, mmdet, mmpretrain, effvit_plugins  # noqa: F401
+print(f"[setup] ok: torch {torch.__version__}, mmcv {mmcv.__version__} (ops loaded), mmengine {mmengine.__version__}, "
+      f"mmseg {mmseg.__version__}, mmdet {mmdet.__version__}, mmpretrain {mmpretrain.__version__}")
+PY
+)
+touch "$VENV/.effvit_setup_ok"

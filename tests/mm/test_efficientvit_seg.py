@@ -1,0 +1,202 @@
+"""EfficientViT (MIT) + SegHead in mmseg: published params/MACs for every pair, inference at odd sizes,
+official checkpoint conversion, pretrained init, clear errors."""
+import glob
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config, model_complexity
+
+CFG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "efficientvit_mit")
+# (params M, MACs G): Cityscapes at 1024x2048, ADE20K at 512x512 (official model zoo, architectures.md §1.5/1.6)
+TARGETS = {
+    ("b0", "cityscapes"): (0.71, 4.39), ("b1", "cityscapes"): (4.80, 25.11), ("b2", "cityscapes"): (15.32, 73.64),
+    ("b3", "cityscapes"): (39.60, 179.2), ("l1", "cityscapes"): (40.24, 282.5), ("l2", "cityscapes"): (52.61, 396.1),
+    ("b1", "ade20k"): (4.79, 3.09), ("b2", "ade20k"): (15.29, 9.08), ("b3", "ade20k"): (39.55, 22.17),
+    ("l1", "ade20k"): (40.41, 36.34), ("l2", "ade20k"): (51.46, 45.18),
+}
+
+
+def cfg_path(variant, dataset):
+    (path,) = glob.glob(os.path.join(CFG_DIR, f"*efficientvit-{variant}_*_{dataset}-*.py"))
+    return path
+
+
+def test_one_config_per_published_pair():
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CFG_DIR, "*.py")))
+    assert len(names) == len(TARGETS)
+    for n in names:  # OpenMMLab scheme: {algorithm}_{backbone}_{gpus}xb{batch}-{schedule}_{dataset}-{res}.py
+        assert re.fullmatch(r"efficientvit-seghead_efficientvit-[bl]\d_8xb2-160k_(cityscapes-1024x2048|"
+                            r"ade20k-512x512)\.py", n), n
+
+
+@pytest.mark.parametrize("variant,dataset", sorted(TARGETS))
+def test_segmentor_params_and_macs_match_official(variant, dataset):
+    cfg = load_config(cfg_path(variant, dataset))
+    with torch.device("meta"):
+        model = build_model_from_cfg(cfg, device="meta")
+    shape = (1024, 2048) if dataset == "cityscapes" else (512, 512)
+    params, macs = model_complexity(model, shape)
+    p_ref, m_ref = TARGETS[(variant, dataset)]
+    assert abs(params / 1e6 - p_ref) / p_ref < 0.01, (params, p_ref)
+    assert abs(macs / 1e9 - m_ref) / m_ref < 0.02, (macs, m_ref)
+
+
+def test_get_flops_cli(repo_root):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "tools/get_flops.py", "configs/efficientvit_cityscapes.py", "--shape",
+                        "1024", "2048"], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    params = float(re.search(r"Params: ([\d.]+) M", r.stdout).group(1))
+    macs = float(re.search(r"MACs: ([\d.]+) G", r.stdout).group(1))
+    assert abs(params - 4.80) / 4.80 < 0.01 and abs(macs - 25.11) / 25.11 < 0.02, r.stdout
+
+
+# ------------------------------------------------------------------------------------------------------------
+def official_seg_state_dict(model):
+    """Our mmseg state dict renamed to the official EfficientViT seg layout (architectures.md §1.8)."""
+    out = {}
+    has_expand = model.decode_head.final_expand is not None
+    for k, v in model.state_dict().items():
+        if k.startswith("backbone."):
+            out[k] = v
+        elif k.startswith("decode_head.final_expand."):
+            out["head.output_ops.0.op_list.0." + k[len("decode_head.final_expand."):]] = v
+        elif k.startswith("decode_head.conv_seg."):
+            out[f"head.output_ops.0.op_list.{1 if has_expand else 0}.conv." + k.split(".")[-1]] = v
+        elif k.startswith("decode_head."):
+            out["head." + k[len("decode_head."):]] = v
+    return out
+
+
+@pytest.fixture(scope="module")
+def b0_city():
+    cfg = load_config(cfg_path("b0", "cityscapes"))
+    torch.manual_seed(0)
+    model = build_model_from_cfg(cfg)
+    return cfg, model
+
+
+def run_convert(repo_root, *argv):
+    """tools/convert_checkpoint.py main() in-process (the CLI itself is run once by test_convert_cli)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("convert_checkpoint", os.path.join(repo_root, "tools",
+                                                                                     "convert_checkpoint.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize("variant,dataset,wrapper", [("b0", "cityscapes", "state_dict"), ("l1", "ade20k", "model"),
+                                                     ("b1", "ade20k", None), ("l2", "cityscapes", "state_dict")])
+def test_convert_official_seg_checkpoint_exact(tmp_path, repo_root, wrapper, variant, dataset):
+    cfg = load_config(cfg_path(variant, dataset))
+    src_model = build_model_from_cfg(cfg)
+    official = official_seg_state_dict(src_model)
+    assert any(k.startswith("head.output_ops.0.op_list.") for k in official)
+    src = tmp_path / "official.pt"
+    torch.save({wrapper: official} if wrapper else official, src)
+    dst = tmp_path / "converted.pth"
+    assert run_convert(repo_root, src, dst) == 0
+    fresh = build_model_from_cfg(cfg)
+    sd = torch.load(dst, weights_only=True)["state_dict"]
+    res = fresh.load_state_dict(sd, strict=True)
+    assert not res.missing_keys and not res.unexpected_keys
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(fresh(x, mode="tensor"), src_model(x, mode="tensor"))
+
+
+def test_convert_cli(tmp_path, repo_root):
+    import subprocess
+    import sys
+    from effvit_plugins.models.efficientvit_mit import EfficientViTMITClassifier
+    torch.save({"state_dict": EfficientViTMITClassifier("b0").state_dict()}, tmp_path / "b0_cls.pt")
+    r = subprocess.run([sys.executable, "tools/convert_checkpoint.py", str(tmp_path / "b0_cls.pt"),
+                        str(tmp_path / "out.pth")], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "EfficientViT (MIT) classification checkpoint" in r.stdout, r.stderr
+    sd = torch.load(tmp_path / "out.pth", weights_only=True)["state_dict"]
+    res = EfficientViTMITClassifier("b0").load_state_dict(sd, strict=True)
+    assert not res.missing_keys and not res.unexpected_keys
+    torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "x.pt")
+    r = subprocess.run([sys.executable, "tools/convert_checkpoint.py", str(tmp_path / "x.pt"), str(tmp_path / "y")],
+                       cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Could not recognise" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_pretrained_init_cfg_loads_official_imagenet_file(tmp_path):
+    from mmseg.registry import MODELS
+    from effvit_plugins.models.efficientvit_mit import EfficientViTMITClassifier
+    cls = EfficientViTMITClassifier("b0")
+    torch.save({"state_dict": cls.state_dict()}, tmp_path / "efficientvit_b0_r224.pt")
+    bb = MODELS.build(dict(type="EfficientViTMIT", arch="b0", out_indices=(2, 3, 4),
+                           init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "efficientvit_b0_r224.pt"))))
+    bb.init_weights()
+    ref = {k[len("backbone."):]: v for k, v in cls.state_dict().items() if k.startswith("backbone.")}
+    for k, v in bb.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    # nothing matching -> loud error, nothing loaded
+    torch.save({"state_dict": {"foo.weight": torch.zeros(3)}}, tmp_path / "other.pt")
+    bad = MODELS.build(dict(type="EfficientViTMIT", arch="b0",
+                            init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "other.pt"))))
+    with pytest.raises(Exception, match="None of the 1 tensors"):
+        bad.init_weights()
+    # wrong variant -> shape mismatch error
+    bad2 = MODELS.build(dict(type="EfficientViTMIT", arch="b1",
+                             init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "efficientvit_b0_r224.pt"))))
+    with pytest.raises(Exception, match="Shape mismatch.*wrong variant"):
+        bad2.init_weights()
+
+
+class Evil:
+    """Any non-tensor Python object inside a weight file."""
+
+
+def test_pretrained_file_with_pickled_objects_is_refused(tmp_path):
+    from effvit_plugins.checkpoint import CheckpointError, load_weights_file
+    torch.save({"state_dict": {}, "obj": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_weights_file(str(tmp_path / "evil.pt"))
+    (tmp_path / "trunc.pt").write_bytes(open(tmp_path / "evil.pt", "rb").read()[:100])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_weights_file(str(tmp_path / "trunc.pt"))
+
+
+# ------------------------------------------------------------------------------------------------------------
+def test_segmentor_any_size_direct(b0_city):
+    _, model = b0_city
+    for h, w in [(97, 131), (225, 231), (100, 150)]:
+        with torch.no_grad():
+            out = model(torch.randn(1, 3, h, w), mode="tensor")
+        assert out.shape == (1, 19, -(-h // 8), -(-w // 8))
+
+
+def test_inference_api_full_size_masks(b0_city, tmp_path):
+    from mmengine.runner import save_checkpoint
+    from mmseg.apis import inference_model, init_model
+    cfg, model = b0_city
+    ckpt = tmp_path / "b0.pth"
+    save_checkpoint({"state_dict": model.state_dict(), "meta": {"dataset_meta": {"classes": list(range(19))}}},
+                    str(ckpt))
+    cfg = cfg.copy()
+    cfg.test_pipeline = [dict(type="LoadImageFromFile"), dict(type="PackSegInputs")]  # native size, no resize
+    seg = init_model(cfg, str(ckpt), device="cpu")
+    rng = np.random.default_rng(0)
+    for h, w in [(97, 131), (513, 513), (1023, 1025)]:
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        res = inference_model(seg, img)
+        assert tuple(res.pred_sem_seg.data.shape[-2:]) == (h, w)
+        assert tuple(res.seg_logits.data.shape) == (19, h, w)
+
+
+def test_unknown_variant_and_wrong_channels_errors():
+    from mmseg.registry import MODELS
+    with pytest.raises(ValueError, match=r"Unknown EfficientViT-MIT variant 'b7'. Valid variants: b0, b1"):
+        MODELS.build(dict(type="EfficientViTMIT", arch="b7"))
+    m = MODELS.build(dict(type="EfficientViTMIT", arch="b0"))
+    with pytest.raises(ValueError, match=r"in_channels=4"):
+        m(torch.randn(1, 4, 64, 64))

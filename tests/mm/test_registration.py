@@ -1,0 +1,63 @@
+"""Our names resolve in mmseg / mmdet / mmpretrain (own default scopes) and clash with nothing upstream."""
+import subprocess
+import sys
+import textwrap
+
+OUR_NAMES = {"EfficientViTMIT": ("mmseg", "mmdet", "mmpretrain"), "EfficientViTMITSegHead": ("mmseg",)}
+
+
+def run_py(code, cwd):
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_names_do_not_clash_and_resolve_in_each_scope(repo_root):
+    out = run_py(f"""
+        import importlib
+        ours = {OUR_NAMES!r}
+        regs = {{}}
+        for lib in ('mmseg', 'mmdet', 'mmpretrain'):
+            importlib.import_module(lib + '.models')          # populate every upstream name first
+            regs[lib] = importlib.import_module(lib + '.registry').MODELS
+        for name in ours:
+            for lib, reg in regs.items():
+                assert reg.get(name) is None, (name, lib, 'clashes with an upstream name')
+        import effvit_plugins
+        from mmengine.registry import DefaultScope
+        for name, libs in ours.items():
+            for lib in libs:
+                with DefaultScope.overwrite_default_scope(lib):
+                    assert regs[lib].get(name) is not None, (name, lib)
+        # scoped name from any scope
+        from mmengine.registry import init_default_scope
+        init_default_scope('mmdet')
+        m = regs['mmdet'].build(dict(type='effvit_plugins.EfficientViTMIT', arch='b0', out_indices=(1, 2, 3, 4)))
+        assert m.out_strides == [4, 8, 16, 32]
+        print('OK')
+    """, repo_root)
+    assert "OK" in out
+
+
+def test_custom_imports_in_config(tmp_path, repo_root):
+    cfg = tmp_path / "user_cfg.py"
+    cfg.write_text(textwrap.dedent("""
+        custom_imports = dict(imports=['effvit_plugins'], allow_failed_imports=False)
+        default_scope = 'mmseg'
+        model = dict(type='EncoderDecoder',
+                     backbone=dict(type='EfficientViTMIT', arch='b0', out_indices=(2, 3, 4)),
+                     decode_head=dict(type='EfficientViTMITSegHead', in_channels=[128, 64, 32], in_index=[2, 1, 0],
+                                      head_width=32, head_depth=1, expand_ratio=4, middle_op='mbconv',
+                                      final_expand=4, num_classes=19))
+    """))
+    out = run_py(f"""
+        from mmengine.config import Config
+        from mmengine.registry import init_default_scope
+        cfg = Config.fromfile({str(cfg)!r})
+        init_default_scope(cfg.default_scope)
+        from mmseg.registry import MODELS
+        m = MODELS.build(cfg.model)
+        print(type(m.backbone).__name__, type(m.decode_head).__name__)
+    """, tmp_path)
+    assert "EfficientViTMIT EfficientViTMITSegHead" in out

@@ -1,0 +1,402 @@
+"""EdgeViT core: structure vs. the official model, key layout, math vs. an independent reference, dense options."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from effvit_plugins.models.edgevit import (
+    ARCH_SETTINGS,
+    OFFICIAL_KEY_SIGNATURE,
+    EdgeViTBackbone,
+    EdgeViTClassifier,
+    convert_official_checkpoint,
+)
+from effvit_plugins.models.layers import DropPath
+from effvit_plugins.utils.complexity import count_macs, count_params
+
+VARIANTS = ["xxs", "xs", "s"]
+
+# Measured from the official saic-fi/edgevit code (architectures.md §3.1): params, MACs at 224 with the head.
+OFFICIAL_FIGURES = {"xxs": (4.07e6, 0.551e9), "xs": (6.77e6, 1.128e9), "s": (13.11e6, 1.911e9)}
+
+# Official variant facts (architectures.md §3.1 table), written out independently of ARCH_SETTINGS.
+OFFICIAL_ARCH = {
+    "xxs": dict(dims=[36, 72, 144, 288], depths=[1, 1, 3, 2], heads=[1, 2, 4, 8]),
+    "xs": dict(dims=[48, 96, 240, 384], depths=[1, 1, 3, 1], heads=[1, 2, 5, 8]),
+    "s": dict(dims=[48, 96, 240, 384], depths=[1, 2, 5, 3], heads=[1, 2, 5, 8]),
+}
+SR = [4, 2, 2, 1]
+PATCH = [4, 2, 2, 2]
+STRIDES = [4, 8, 16, 32]
+BN_BUFFERS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The models here are small: one intra-op thread avoids OpenMP stalls on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def official_keys(variant, num_classes=1000):
+    """Official state-dict keys -> shapes, derived from the documented structure of src/edgevit.py."""
+    a = OFFICIAL_ARCH[variant]
+    keys = {}
+
+    def conv(name, cout, cin_g, k):
+        keys[f"{name}.weight"] = (cout, cin_g, k, k)
+        keys[f"{name}.bias"] = (cout,)
+
+    def lin(name, cout, cin):
+        keys[f"{name}.weight"] = (cout, cin)
+        keys[f"{name}.bias"] = (cout,)
+
+    def ln(name, c):
+        keys[f"{name}.weight"] = (c,)
+        keys[f"{name}.bias"] = (c,)
+
+    def bn(name, c):
+        for b in BN_BUFFERS:
+            keys[f"{name}.{b}"] = () if b == "num_batches_tracked" else (c,)
+
+    cin = 3
+    for i, (c, d) in enumerate(zip(a["dims"], a["depths"])):
+        conv(f"patch_embed{i + 1}.proj", c, cin, PATCH[i])
+        ln(f"patch_embed{i + 1}.norm", c)
+        for k in range(d):
+            p = f"blocks{i + 1}.{k}"
+            if SR[i] > 1:
+                conv(f"{p}.LocalAgg.pos_embed", c, 1, 3)
+                bn(f"{p}.LocalAgg.norm1", c)
+                conv(f"{p}.LocalAgg.conv1", c, c, 1)
+                conv(f"{p}.LocalAgg.attn", c, 1, 5)
+                conv(f"{p}.LocalAgg.conv2", c, c, 1)
+                bn(f"{p}.LocalAgg.norm2", c)
+                conv(f"{p}.LocalAgg.mlp.fc1", 4 * c, c, 1)
+                conv(f"{p}.LocalAgg.mlp.fc2", c, 4 * c, 1)
+            conv(f"{p}.SelfAttn.pos_embed", c, 1, 3)
+            ln(f"{p}.SelfAttn.norm1", c)
+            lin(f"{p}.SelfAttn.attn.qkv", 3 * c, c)
+            lin(f"{p}.SelfAttn.attn.proj", c, c)
+            if SR[i] > 1:
+                conv(f"{p}.SelfAttn.attn.LocalProp", c, 1, SR[i])  # ConvTranspose2d weight (in, out/groups, k, k)
+                ln(f"{p}.SelfAttn.attn.norm", c)
+            ln(f"{p}.SelfAttn.norm2", c)
+            lin(f"{p}.SelfAttn.mlp.fc1", 4 * c, c)
+            lin(f"{p}.SelfAttn.mlp.fc2", c, 4 * c)
+        cin = c
+    bn("norm", a["dims"][-1])
+    lin("head", num_classes, a["dims"][-1])
+    return keys
+
+
+def to_official(sd):
+    """Our Classifier keys -> official keys (inverse of convert_official_checkpoint)."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("backbone."):
+            out[k[len("backbone."):]] = v
+        elif k.startswith("head."):
+            out[k[len("head."):]] = v
+        else:
+            raise AssertionError(f"unexpected key {k}")
+    return out
+
+
+def randomize_(model, seed=0):
+    """Non-trivial values everywhere (LN/BN affine, biases, BN running stats) so every term is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.1 if p.dim() > 1 else 0.05) + (1.0 if name.endswith(
+                "norm.weight") or ".norm1.weight" in name or ".norm2.weight" in name else 0.0))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Independent reference: the official computation re-derived with plain torch ops from an official-layout dict.
+# Only valid for H, W multiples of 32 (as the official code).
+# ---------------------------------------------------------------------------------------------------------------
+def _bn(x, sd, p):
+    return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
+                        training=False, eps=1e-5)
+
+
+def _ln(x, sd, p, eps):
+    return F.layer_norm(x, x.shape[-1:], sd[f"{p}.weight"], sd[f"{p}.bias"], eps=eps)
+
+
+def _conv(x, sd, p, stride=1, padding=0, groups=1):
+    return F.conv2d(x, sd[f"{p}.weight"], sd[f"{p}.bias"], stride=stride, padding=padding, groups=groups)
+
+
+def _lin(x, sd, p):
+    return x @ sd[f"{p}.weight"].t() + sd[f"{p}.bias"]
+
+
+def ref_local_agg(x, sd, p):
+    c = x.shape[1]
+    x = x + _conv(x, sd, f"{p}.pos_embed", padding=1, groups=c)
+    y = _conv(_bn(x, sd, f"{p}.norm1"), sd, f"{p}.conv1")
+    y = _conv(y, sd, f"{p}.attn", padding=2, groups=c)
+    x = x + _conv(y, sd, f"{p}.conv2")
+    y = _conv(F.gelu(_conv(_bn(x, sd, f"{p}.norm2"), sd, f"{p}.mlp.fc1")), sd, f"{p}.mlp.fc2")
+    return x + y
+
+
+def ref_sparse_attn(t, sd, p, H, W, heads, sr):
+    """Official GlobalSparseAttn on normalised tokens t (B, H*W, C)."""
+    B, N, C = t.shape
+    if sr > 1:
+        m = t.transpose(1, 2).reshape(B, C, H, W)
+        m = F.avg_pool2d(m, kernel_size=1, stride=sr)
+        t = m.flatten(2).transpose(1, 2)
+    qkv = _lin(t, sd, f"{p}.qkv").reshape(B, -1, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    attn = torch.softmax((q @ k.transpose(-2, -1)) * (C // heads) ** -0.5, dim=-1)
+    t = (attn @ v).transpose(1, 2).reshape(B, -1, C)
+    if sr > 1:
+        m = t.permute(0, 2, 1).reshape(B, C, H // sr, W // sr)
+        m = F.conv_transpose2d(m, sd[f"{p}.LocalProp.weight"], sd[f"{p}.LocalProp.bias"], stride=sr, groups=C)
+        t = _ln(m.reshape(B, C, -1).permute(0, 2, 1), sd, f"{p}.norm", 1e-5)
+    return _lin(t, sd, f"{p}.proj")
+
+
+def ref_self_attn(x, sd, p, heads, sr):
+    B, C, H, W = x.shape
+    x = x + _conv(x, sd, f"{p}.pos_embed", padding=1, groups=C)
+    t = x.flatten(2).transpose(1, 2)
+    t = t + ref_sparse_attn(_ln(t, sd, f"{p}.norm1", 1e-6), sd, f"{p}.attn", H, W, heads, sr)
+    t = t + _lin(F.gelu(_lin(_ln(t, sd, f"{p}.norm2", 1e-6), sd, f"{p}.mlp.fc1")), sd, f"{p}.mlp.fc2")
+    return t.transpose(1, 2).reshape(B, C, H, W)
+
+
+def ref_forward(sd, x, variant):
+    a = OFFICIAL_ARCH[variant]
+    feats = []
+    for i, (c, d) in enumerate(zip(a["dims"], a["depths"])):
+        x = _conv(x, sd, f"patch_embed{i + 1}.proj", stride=PATCH[i])
+        B, C, H, W = x.shape
+        x = _ln(x.flatten(2).transpose(1, 2), sd, f"patch_embed{i + 1}.norm", 1e-5)
+        x = x.reshape(B, H, W, C).permute(0, 3, 1, 2)
+        for k in range(d):
+            if SR[i] > 1:
+                x = ref_local_agg(x, sd, f"blocks{i + 1}.{k}.LocalAgg")
+            x = ref_self_attn(x, sd, f"blocks{i + 1}.{k}.SelfAttn", a["heads"][i], SR[i])
+        feats.append(x)
+    logits = _lin(_bn(x, sd, "norm").flatten(2).mean(-1), sd, "head")
+    return feats, logits
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_params_and_macs_match_official(variant):
+    model = EdgeViTClassifier(variant)
+    params, macs = OFFICIAL_FIGURES[variant]
+    n = count_params(model)
+    m = count_macs(model, (1, 3, 224, 224))  # meta device
+    assert abs(n - params) / params < 0.01, (variant, n)
+    assert abs(m - macs) / macs < 0.02, (variant, m)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_official_key_layout(variant):
+    model = EdgeViTClassifier(variant)
+    ours = {k: tuple(v.shape) for k, v in to_official(model.state_dict()).items()}
+    expected = official_keys(variant)
+    assert sorted(ours) == sorted(expected)
+    assert ours == expected
+    # head dims per the official head_dim rule: dim // head_dim heads
+    heads = [blk.SelfAttn.attn.num_heads for i in range(4) for blk in getattr(model.backbone, f"blocks{i + 1}")[:1]]
+    assert heads == OFFICIAL_ARCH[variant]["heads"]
+    assert all(any(s in k for k in expected) for s in OFFICIAL_KEY_SIGNATURE)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_official_checkpoint_round_trip(variant):
+    src = randomize_(EdgeViTClassifier(variant), seed=1).eval()
+    official = {k: v.clone() for k, v in to_official(src.state_dict()).items()}
+    converted = convert_official_checkpoint(official)
+    dst = EdgeViTClassifier(variant).eval()
+    res = dst.load_state_dict(converted, strict=False)
+    assert res.missing_keys == [] and res.unexpected_keys == []
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+    # converting an already converted dict is a no-op
+    assert convert_official_checkpoint(converted).keys() == converted.keys()
+
+
+@pytest.mark.parametrize("variant,size", [("xxs", (224, 224)), ("xs", (64, 96)), ("s", (96, 64))])
+def test_matches_independent_official_reference(variant, size):
+    # float64: randomised weights make activations large, and softmax would amplify float32 rounding.
+    torch.manual_seed(0)
+    model = randomize_(EdgeViTClassifier(variant), seed=2).double().eval()
+    backbone = model.backbone
+    backbone.out_indices = (0, 1, 2, 3)
+    sd = to_official(model.state_dict())
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    with torch.no_grad():
+        ref_feats, ref_logits = ref_forward(sd, x, variant)
+        feats = backbone(x)
+        logits = model.head(feats)
+    assert len(feats) == 4
+    for f, r in zip(feats, ref_feats):
+        torch.testing.assert_close(f, r, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-9, atol=1e-9)
+
+
+def test_single_blocks_match_reference():
+    """LocalAgg and SelfAttn (sr 4 and 1) in isolation against the plain-op reference."""
+    torch.manual_seed(0)
+    model = randomize_(EdgeViTBackbone("xxs"), seed=3).eval()
+    sd = model.state_dict()
+    x = torch.randn(2, 36, 16, 24)
+    blk = model.blocks1[0]
+    with torch.no_grad():
+        torch.testing.assert_close(blk.LocalAgg(x), ref_local_agg(x, sd, "blocks1.0.LocalAgg"), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(blk.SelfAttn(x), ref_self_attn(x, sd, "blocks1.0.SelfAttn", 1, 4),
+                                   rtol=1e-5, atol=1e-5)
+        y = torch.randn(2, 288, 3, 5)
+        torch.testing.assert_close(model.blocks4[1](y), ref_self_attn(y, sd, "blocks4.1.SelfAttn", 8, 1),
+                                   rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _ceil_shapes(variant, h, w, n=1):
+    dims = OFFICIAL_ARCH[variant]["dims"]
+    return [(n, c, math.ceil(h / s), math.ceil(w / s)) for c, s in zip(dims, STRIDES)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_attributes(variant):
+    b = EdgeViTBackbone(variant)
+    assert b.num_stages == 4
+    assert b.stage_channels == OFFICIAL_ARCH[variant]["dims"]
+    assert b.stage_strides == STRIDES
+    assert b.out_channels == OFFICIAL_ARCH[variant]["dims"] and b.out_strides == STRIDES
+    b2 = EdgeViTBackbone(variant, out_indices=(3, 1, -3))
+    assert b2.out_indices == (3, 1, 1)
+    assert b2.out_channels == [OFFICIAL_ARCH[variant]["dims"][i] for i in (3, 1, 1)]
+    assert b2.out_strides == [32, 8, 8]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("size", [(224, 224), (240, 240), (512, 512), (800, 1216), (801, 1203), (33, 47)])
+def test_feature_shapes_any_size_meta(variant, size):
+    """Stage i is ceil(H / s_i) x ceil(W / s_i) for any size (shapes checked on the meta device: fast)."""
+    b = EdgeViTBackbone(variant).to_empty(device="meta").eval()
+    with torch.no_grad():
+        feats = b(torch.empty(1, 3, *size, device="meta"))
+    assert [tuple(f.shape) for f in feats] == _ceil_shapes(variant, *size)
+
+
+@pytest.mark.parametrize("size", [(240, 240), (65, 97), (801, 1203)])
+def test_real_forward_non_divisible_sizes(size):
+    b = EdgeViTBackbone("xxs").eval()
+    with torch.no_grad():
+        feats = b(torch.randn(1, 3, *size))
+    assert [tuple(f.shape) for f in feats] == _ceil_shapes("xxs", *size)
+    assert all(torch.isfinite(f).all() for f in feats)
+
+
+def test_non_divisible_backward():
+    b = EdgeViTBackbone("xxs", out_indices=(1, 3)).train()
+    feats = b(torch.randn(2, 3, 70, 50))
+    assert [tuple(f.shape) for f in feats] == [(2, 72, 9, 7), (2, 288, 3, 2)]
+    sum(f.mean() for f in feats).backward()
+    assert all(p.grad is not None for p in b.parameters())
+
+
+def test_padding_rule_is_bottom_right_zero_pad():
+    """A non-multiple input gives the same stage-1 patch values as the explicitly zero-padded input."""
+    b = randomize_(EdgeViTBackbone("xxs", out_indices=(0,)), seed=4).eval()
+    x = torch.randn(1, 3, 62, 90)
+    with torch.no_grad():
+        a = b.patch_embed1(x)
+        p = b.patch_embed1(F.pad(x, (0, 2, 0, 2)))
+    torch.testing.assert_close(a, p)
+
+
+def test_classifier_forward_224():
+    m = EdgeViTClassifier("xxs", num_classes=10).eval()
+    with torch.no_grad():
+        assert m(torch.randn(2, 3, 224, 224)).shape == (2, 10)
+
+
+def test_unknown_variant():
+    with pytest.raises(ValueError) as e:
+        EdgeViTBackbone("m")
+    listed = str(e.value).split("Valid variants:")[1].split(".")[0]
+    assert [v.strip() for v in listed.split(",")] == list(ARCH_SETTINGS) == VARIANTS
+    assert EdgeViTBackbone("XXS").stage_channels == [36, 72, 144, 288]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        EdgeViTBackbone("xxs", out_indices=(4,))
+    with pytest.raises(ValueError):
+        EdgeViTBackbone("xxs", frozen_stages=4)
+    with pytest.raises(ValueError, match="in_channels"):
+        EdgeViTBackbone("xxs")(torch.randn(1, 4, 32, 32))
+    assert EdgeViTBackbone("xxs", in_channels=4).eval()(torch.randn(1, 4, 32, 32))[0].shape == (1, 36, 8, 8)
+
+
+def test_frozen_stages():
+    b = EdgeViTBackbone("xs", frozen_stages=1)
+    b.train()
+    frozen = [b.patch_embed1, b.blocks1, b.patch_embed2, b.blocks2]
+    live = [b.patch_embed3, b.blocks3, b.patch_embed4, b.blocks4]
+    for m in frozen:
+        assert all(not p.requires_grad for p in m.parameters())
+        assert all(not mm.training for mm in m.modules())
+    for m in live:
+        assert all(p.requires_grad for p in m.parameters())
+        assert all(mm.training for mm in m.modules())
+    # frozen BN statistics stay fixed in a training forward
+    bn = b.blocks1[0].LocalAgg.norm1
+    before = bn.running_mean.clone()
+    b(torch.randn(2, 3, 64, 64))
+    torch.testing.assert_close(bn.running_mean, before)
+    assert EdgeViTBackbone("xs", frozen_stages=-1).train().patch_embed1.proj.weight.requires_grad
+
+
+@pytest.mark.parametrize("norm_eval", [True, False])
+def test_norm_eval(norm_eval):
+    b = EdgeViTBackbone("xxs", norm_eval=norm_eval)
+    b.train()
+    bns = [m for m in b.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns
+    before = [m.running_mean.clone() for m in bns]
+    b(torch.randn(2, 3, 64, 64))
+    changed = [not torch.equal(m.running_mean, r) for m, r in zip(bns, before)]
+    if norm_eval:
+        assert not any(changed) and all(not m.training for m in bns)
+        assert b.blocks1[0].SelfAttn.training  # only norms are put in eval mode
+    else:
+        assert all(changed)
+
+
+def test_drop_path():
+    b = EdgeViTBackbone("s", drop_path_rate=0.3)
+    rates = [m.drop_prob for m in b.modules() if isinstance(m, DropPath)]
+    # official rule: linspace(0, rate, sum(depths)); block 0 has rate 0 (no DropPath), one DropPath per sub-block
+    total = sum(OFFICIAL_ARCH["s"]["depths"])
+    expected = torch.linspace(0, 0.3, total).tolist()
+    blocks = [blk for i in range(4) for blk in getattr(b, f"blocks{i + 1}")]
+    got = [blk.SelfAttn.drop_path.drop_prob if isinstance(blk.SelfAttn.drop_path, DropPath) else 0.0
+           for blk in blocks]
+    assert got == pytest.approx(expected)
+    assert max(rates) == pytest.approx(0.3)
+    x = torch.randn(2, 3, 32, 32)
+    b.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(b(x)[-1], b(x)[-1])

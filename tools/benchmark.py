@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""Latency of our models against reference implementations, measured in the same process.
+
+    python tools/benchmark.py [--suite seg backbones families] [--repeat 10] [--threads N] [--device cpu|cuda]
+                              [--dtype float32|bfloat16|float16]
+
+Suites:
+  seg        our EfficientViT-B1 segmentor (backbone + SegHead) vs mmseg's SegFormer-B1 (mit-b1 + SegformerHead),
+             19 classes, one 1024x2048 image, network output (``mode='tensor'``).  Target: >= 6x faster.
+  backbones  our EfficientViT (MIT) backbones vs timm's ``efficientvit_*`` ``forward_features`` at 224.
+             Target: ratio >= 1 (no slower).
+  families   one variant per family at 224 and 512x512 vs timm (EdgeViT has no timm model: latency and
+             MACs per second are reported).
+
+Each pair is timed alternately (ours, reference, ours, ...) after warm-up; the median of ``--repeat`` runs is
+reported together with ``speed-up = reference / ours``. Nothing here is a test: numbers depend on the machine.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Latency benchmark (ours vs reference, same process)")
+    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families"],
+                   choices=["seg", "backbones", "families"])
+    p.add_argument("--repeat", type=int, default=10, help="timed runs per model (median reported)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--variants", nargs="+", default=None, help="restrict the backbones suite (e.g. b0 b1)")
+    return p.parse_args(argv)
+
+
+def _sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_pair(ours, ref, x, repeat, warmup, device, dtype):
+    """Median seconds per forward of ``ours(x)`` and ``ref(x)``, alternating runs."""
+    amp = dtype != torch.float32
+    t_ours, t_ref = [], []
+    with torch.inference_mode(), torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=amp):
+        for _ in range(warmup):
+            ours(x)
+            if ref is not None:
+                ref(x)
+        _sync(device)
+        for _ in range(repeat):
+            for fn, acc in ((ours, t_ours), (ref, t_ref)):
+                if fn is None:
+                    continue
+                t0 = time.perf_counter()
+                fn(x)
+                _sync(device)
+                acc.append(time.perf_counter() - t0)
+    return statistics.median(t_ours), (statistics.median(t_ref) if t_ref else None)
+
+
+def report(name, shape, t_ours, t_ref, ref_name, macs=None):
+    line = f"{name:<28} {shape:<12} ours {t_ours * 1e3:9.2f} ms"
+    if t_ref is not None:
+        line += f" | {ref_name} {t_ref * 1e3:9.2f} ms | speed-up x{t_ref / t_ours:5.2f}"
+    if macs is not None:
+        line += f" | {macs / 1e9:.3f} GMACs, {macs / t_ours / 1e9:.1f} GMACs/s"
+    print(line, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def suite_seg(args, device, dtype):
+    import effvit_plugins  # noqa: F401
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config
+
+    init_default_scope("mmseg")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ours = build_model_from_cfg(load_config(os.path.join(root, "configs", "efficientvit_cityscapes.py")), device)
+    segformer = MODELS.build(dict(
+        type="EncoderDecoder",
+        backbone=dict(type="MixVisionTransformer", in_channels=3, embed_dims=64, num_stages=4,
+                      num_layers=[2, 2, 2, 2], num_heads=[1, 2, 5, 8], patch_sizes=[7, 3, 3, 3],
+                      sr_ratios=[8, 4, 2, 1], out_indices=(0, 1, 2, 3), mlp_ratio=4, qkv_bias=True),
+        decode_head=dict(type="SegformerHead", in_channels=[64, 128, 320, 512], in_index=[0, 1, 2, 3],
+                         channels=256, dropout_ratio=0.1, num_classes=19, norm_cfg=dict(type="BN"),
+                         align_corners=False),
+        test_cfg=dict(mode="whole"))).to(device).eval()
+    x = torch.randn(1, 3, 1024, 2048, device=device)
+    t_ours, t_ref = time_pair(lambda t: ours(t, mode="tensor"), lambda t: segformer(t, mode="tensor"), x,
+                              args.repeat, args.warmup, device, dtype)
+    print("== segmentor, Cityscapes 1024x2048 (network output) ==")
+    report("EfficientViT-B1 + SegHead", "1024x2048", t_ours, t_ref, "SegFormer-B1")
+
+
+def suite_backbones(args, device, dtype):
+    import timm
+
+    from effvit_plugins.models.efficientvit_mit import EfficientViTMITBackbone
+
+    print("== EfficientViT (MIT) backbones vs timm forward_features, 224x224, batch 1 ==")
+    for v in args.variants or ["b0", "b1", "b2", "b3", "l1", "l2", "l3"]:
+        ours = EfficientViTMITBackbone(v, out_indices=(4,)).to(device).eval()
+        ref = timm.create_model(f"efficientvit_{v}", pretrained=False).to(device).eval()
+        x = torch.randn(1, 3, 224, 224, device=device)
+        t_ours, t_ref = time_pair(ours, ref.forward_features, x, args.repeat, args.warmup, device, dtype)
+        report(f"efficientvit_{v}", "224x224", t_ours, t_ref, "timm")
+
+
+def suite_families(args, device, dtype):
+    import importlib
+
+    import timm
+
+    from effvit_plugins.utils.complexity import count_macs
+
+    print("== one variant per family vs timm (classifier logits at 224; backbone features at 512x512) ==")
+    rows = [  # (our module, classifier class, backbone class, arch, timm name)
+        ("efficientvit_mit", "EfficientViTMITClassifier", "EfficientViTMITBackbone", "b1", "efficientvit_b1"),
+        ("efficientvit_msra", "EfficientViTMSRAClassifier", "EfficientViTMSRABackbone", "m4", "efficientvit_m4"),
+        ("efficientformer", "EfficientFormerV1Classifier", "EfficientFormerV1Backbone", "l1", "efficientformer_l1"),
+        ("efficientformer", "EfficientFormerV2Classifier", "EfficientFormerV2Backbone", "s1", "efficientformerv2_s1"),
+        ("edgevit", "EdgeViTClassifier", "EdgeViTBackbone", "xxs", None),
+    ]
+    for mod_name, cls_name, bb_name, arch, timm_name in rows:
+        try:
+            mod = importlib.import_module(f"effvit_plugins.models.{mod_name}")
+            cls, bb = getattr(mod, cls_name), getattr(mod, bb_name)
+        except (ImportError, AttributeError) as e:
+            print(f"{mod_name}/{arch}: not available ({e})")
+            continue
+        for size in (224, 512):
+            x = torch.randn(1, 3, size, size, device=device)
+            if size == 224:
+                ours = cls(arch).to(device).eval()
+                ref = timm.create_model(timm_name, pretrained=False).to(device).eval() if timm_name else None
+                ref_fn = ref
+            else:  # dense-prediction use: all stage outputs
+                ours = bb(arch).to(device).eval()
+                ref = timm.create_model(timm_name, pretrained=False, features_only=True,
+                                        img_size=size).to(device).eval() if timm_name else None
+                ref_fn = ref
+            macs = count_macs(ours, tuple(x.shape)) if timm_name is None else None
+            t_ours, t_ref = time_pair(ours, ref_fn, x, args.repeat, args.warmup, device, dtype)
+            report(f"{mod_name}-{arch}", f"{size}x{size}", t_ours, t_ref, "timm", macs)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, dtype {args.dtype}, "
+          f"median of {args.repeat} runs")
+    for s in args.suite:
+        globals()[f"suite_{s}"](args, args.device, dtype)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+#!/usr/bin/env python
+"""Convert an official checkpoint into our layout.
+
+    python tools/convert_checkpoint.py SRC DST [--family NAME]
+
+SRC: an official release file -- wrapped in 'state_dict' / 'model' or bare; classification or (EfficientViT-MIT)
+segmentation. The family is detected from the keys unless --family is given. DST loads with 0 missing /
+0 unexpected keys into the model of the matching config: segmentation -> mmseg EncoderDecoder
+(backbone.*, decode_head.*), classification -> mmpretrain ImageClassifier (backbone.*, head.*). SRC is read with
+torch.load(weights_only=True).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None):
+    from effvit_plugins.checkpoint import CheckpointError, load_weights_file, unwrap_state_dict
+    from effvit_plugins.convert import FAMILIES, convert_official
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("src", help="official checkpoint file")
+    p.add_argument("dst", help="output file (a {'state_dict': ..., 'meta': ...} dict)")
+    p.add_argument("--family", choices=sorted(FAMILIES), default=None, help="model family (default: detect)")
+    args = p.parse_args(argv)
+    import torch
+
+    try:
+        sd = unwrap_state_dict(load_weights_file(args.src))
+        family, out = convert_official(sd, args.family)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    task = "segmentation" if any(k.startswith("decode_head.") for k in out) else "classification"
+    os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
+    torch.save({"state_dict": out, "meta": {"converted_from": os.path.basename(args.src), "family": family,
+                                            "task": task}}, args.dst)
+    print(f"{FAMILIES[family][1]} {task} checkpoint: {len(sd)} tensors -> {len(out)} tensors, saved to {args.dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
