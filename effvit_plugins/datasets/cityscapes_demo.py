@@ -39,7 +39,7 @@ TRAIN_CITIES = ("pixelburg", "rasterdam", "voxelton")
 VAL_CITIES = ("synthbrook", "meshlingen")
 FRAME = 19  # gtFine frames are the 20th frame of each Cityscapes snippet (<seq>_000019)
 MARKER = ".effvit_cityscapes_demo.json"
-VERSION = 1
+VERSION = 2
 
 # base RGB colour of each class in the images (objects jitter around it)
 _COLOUR = {
@@ -160,10 +160,10 @@ def render_scene(rng: np.random.Generator, height: int = 128, width: int = 256) 
                 _paint(img, lab, head, (205, 165, 135), PERSON)
             else:
                 ph = s * H * rng.uniform(0.8, 1.1)
-                pw = max(1.0, 2.5 * s)
+                pw = max(2.0, 4.0 * s)
                 pole = (xx >= px - pw / 2) & (xx < px + pw / 2) & (yy >= yb - ph) & (yy < yb)
                 _paint(img, lab, pole, _jitter(rng, POLE, 10), POLE)
-                sw = max(3.0, 9 * s)
+                sw = max(5.0, 13 * s)
                 sign = (np.abs(xx - px) < sw / 2) & (yy >= yb - ph - sw * 0.2) & (yy < yb - ph + sw * 0.8)
                 _paint(img, lab, sign, _jitter(rng, SIGN, 12), SIGN)
 

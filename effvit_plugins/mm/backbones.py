@@ -15,10 +15,16 @@ from mmengine.model import BaseModule
 from ..convert import load_backbone_weights
 
 
-def make_backbone_adapter(core_cls, name: str, family: str):
-    """Create ``name`` = ``core_cls`` + BaseModule, with pretrained loading through our converter."""
+def make_backbone_adapter(core_cls, name: str, family: str, archs=None):
+    """Create ``name`` = ``core_cls`` + BaseModule, with pretrained loading through our converter.
+
+    ``archs`` restricts the accepted variant names (e.g. EfficientFormer V1 vs V2 share one core).
+    """
 
     def __init__(self, *args, init_cfg=None, pretrained=None, **kwargs):
+        arch = kwargs.get("arch", args[0] if args else None)
+        if archs is not None and isinstance(arch, str) and arch.lower() not in archs:
+            raise ValueError(f"Unknown {name} variant {arch!r}. Valid variants: {', '.join(archs)}.")
         if pretrained is not None:
             if init_cfg is not None:
                 raise ValueError("init_cfg and pretrained cannot be specified at the same time; "

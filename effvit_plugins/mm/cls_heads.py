@@ -23,6 +23,17 @@ def make_cls_head_adapter(core_cls, name: str):
     def forward(self, feats):
         return core_cls.forward(self, feats)
 
+    def loss(self, feats, data_samples, **kwargs):
+        """Cross-entropy on the logits; a head with a distillation branch returns two logits while training
+        (official behaviour). Without a teacher both branches learn the labels and their losses are averaged."""
+        scores = self(feats)
+        if not isinstance(scores, (tuple, list)):
+            return self._get_loss(scores, data_samples, **kwargs)
+        parts = [self._get_loss(s, data_samples, **kwargs) for s in scores]
+        losses = dict(parts[0])
+        losses["loss"] = sum(p["loss"] for p in parts) / len(parts)
+        return losses
+
     doc = (core_cls.__doc__ or "") + "\n    mmpretrain arguments: ``loss``, ``topk``, ``cal_acc``, ``init_cfg``.\n"
-    return type(name, (core_cls, ClsHead), {"__init__": __init__, "forward": forward, "__doc__": doc,
+    return type(name, (core_cls, ClsHead), {"__init__": __init__, "forward": forward, "loss": loss, "__doc__": doc,
                                             "__module__": __name__})

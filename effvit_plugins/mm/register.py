@@ -3,12 +3,24 @@
 Every class is registered in our own ``effvit_plugins`` scope and, under the same plain name, in the MODELS
 registry of each installed downstream library that can use it:
 
-=============================  ==========================  =======================================
-name                           kind                        registered in
-=============================  ==========================  =======================================
-EfficientViTMIT                backbone (MIT B0-B3, L0-L3)  mmseg, mmdet, mmpretrain, effvit_plugins
-EfficientViTMITSegHead         mmseg decode head            mmseg, effvit_plugins
-=============================  ==========================  =======================================
+=========================  =====================================  =======================================
+name                       kind                                   registered in
+=========================  =====================================  =======================================
+EfficientViTMIT            backbone, EfficientViT (MIT) B0-B3/L0-L3  mmseg, mmdet, mmpretrain, effvit_plugins
+EfficientViTMSRA           backbone, EfficientViT (MSRA) M0-M5    mmseg, mmdet, mmpretrain, effvit_plugins
+EdgeViT                    backbone, EdgeViT XXS/XS/S             mmseg, mmdet, mmpretrain, effvit_plugins
+EfficientFormerV1          backbone, EfficientFormer L1/L3/L7     mmseg, mmdet, mmpretrain, effvit_plugins
+EfficientFormerV2          backbone, EfficientFormer V2 S0-S2/L   mmseg, mmdet, mmpretrain, effvit_plugins
+EfficientViTMITSegHead     mmseg decode head (official SegHead)   mmseg, effvit_plugins
+EfficientViTMITClsHead     ImageNet head (official)               mmpretrain, effvit_plugins
+EfficientViTMSRAClsHead    ImageNet head (official)               mmpretrain, effvit_plugins
+EdgeViTClsHead             ImageNet head (official)               mmpretrain, effvit_plugins
+EfficientFormerV1ClsHead   ImageNet head with distillation head   mmpretrain, effvit_plugins
+EfficientFormerV2ClsHead   ImageNet head with distillation head   mmpretrain, effvit_plugins
+=========================  =====================================  =======================================
+
+mmpretrain already registers ``EfficientFormer`` (V1) and ``EfficientFormerClsHead``; ours are named V1/V2 so
+both coexist.
 """
 from __future__ import annotations
 
@@ -35,21 +47,60 @@ def _register(cls, libs):
             reg.register_module(module=cls)
 
 
+def _fixed(cls, name: str, **fixed):
+    """Subclass of ``cls`` named ``name`` with some constructor arguments fixed."""
+
+    def __init__(self, *args, **kwargs):
+        for k, v in fixed.items():
+            if k in kwargs and kwargs[k] != v:
+                raise ValueError(f"{name} always uses {k}={v!r}.")
+            kwargs[k] = v
+        cls.__init__(self, *args, **kwargs)
+
+    return type(name, (cls,), {"__init__": __init__, "__module__": cls.__module__, "__doc__": cls.__doc__})
+
+
 def register_all_modules() -> None:
     global _DONE
     if _DONE:
         return
-    from ..models.efficientvit_mit import EfficientViTMITBackbone
+    from ..models import edgevit, efficientformer, efficientvit_mit, efficientvit_msra
     from .backbones import make_backbone_adapter
     from .compat import patch_mmengine_checkpoint_loading
 
     patch_mmengine_checkpoint_loading()
     dense = ("mmseg", "mmdet", "mmpretrain")
-    _register(make_backbone_adapter(EfficientViTMITBackbone, "EfficientViTMIT", "efficientvit_mit"), dense)
+    v1 = [k for k, v in efficientformer.ARCH_SETTINGS.items() if v["version"] == 1]
+    v2 = [k for k, v in efficientformer.ARCH_SETTINGS.items() if v["version"] == 2]
+    backbones = [
+        make_backbone_adapter(efficientvit_mit.EfficientViTMITBackbone, "EfficientViTMIT", "efficientvit_mit"),
+        make_backbone_adapter(efficientvit_msra.EfficientViTMSRABackbone, "EfficientViTMSRA", "efficientvit_msra"),
+        make_backbone_adapter(edgevit.EdgeViTBackbone, "EdgeViT", "edgevit"),
+        make_backbone_adapter(efficientformer.EfficientFormerBackbone, "EfficientFormerV1", "efficientformer", v1),
+        make_backbone_adapter(efficientformer.EfficientFormerBackbone, "EfficientFormerV2", "efficientformer", v2),
+    ]
+    for cls in backbones:
+        _register(cls, dense)
     try:
         from .seg_heads import EfficientViTMITSegHead
     except ImportError:  # mmseg not installed
         pass
     else:
         _register(EfficientViTMITSegHead, ("mmseg",))
+    try:
+        from .cls_heads import make_cls_head_adapter
+    except ImportError:  # mmpretrain not installed
+        pass
+    else:
+        heads = [
+            make_cls_head_adapter(efficientvit_mit.EfficientViTMITClsHead, "EfficientViTMITClsHead"),
+            make_cls_head_adapter(efficientvit_msra.EfficientViTMSRAClsHead, "EfficientViTMSRAClsHead"),
+            make_cls_head_adapter(edgevit.EdgeViTClsHead, "EdgeViTClsHead"),
+            _fixed(make_cls_head_adapter(efficientformer.EfficientFormerClsHead, "_EfficientFormerClsHead"),
+                   "EfficientFormerV1ClsHead", version=1),
+            _fixed(make_cls_head_adapter(efficientformer.EfficientFormerClsHead, "_EfficientFormerClsHead"),
+                   "EfficientFormerV2ClsHead", version=2),
+        ]
+        for cls in heads:
+            _register(cls, ("mmpretrain",))
     _DONE = True

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, check_in_channels, normalize_out_indices, resolve_arch
-from .layers import DropPath, drop_path_rates, relative_bias_index, resize_bias_map
+from .layers import DropPath, cache_disabled, drop_path_rates, relative_bias_index, resize_bias_map
 
 __all__ = [
     "ARCH_SETTINGS",
@@ -68,13 +68,6 @@ OFFICIAL_DROP_PATH = {"l1": 0.0, "l3": 0.0, "l7": 0.0, "s0": 0.0, "s1": 0.0, "s2
 OFFICIAL_KEY_SIGNATURE = ("network.0.0.mlp.fc1.weight", "network.1.proj.weight", "layer_scale_2")
 
 _HEAD_KEYS = ("norm", "head", "dist_head")
-
-
-def _is_compiling() -> bool:
-    try:
-        return bool(torch.compiler.is_compiling())
-    except AttributeError:  # pragma: no cover - very old torch
-        return False
 
 
 def _conv_bn(in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -140,7 +133,7 @@ class _RelPosBias(nn.Module):
         return resize_bias_map(self.attention_biases[:, self.attention_bias_idxs], (nq, nk))
 
     def attention_bias(self, nq: int, nk: int, dtype: torch.dtype) -> torch.Tensor:
-        if self.training or torch.jit.is_tracing() or torch.jit.is_scripting() or _is_compiling():
+        if self.training or cache_disabled():
             return self._expanded_bias(nq, nk).to(dtype)
         p = self.attention_biases
         key = (nq, nk, p.device, dtype)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import autocast_off
+from .layers import autocast_off, conv_with_folded_bn, like_memory_format
 from .base import BackboneBase, check_in_channels, normalize_out_indices, resolve_arch, set_norm_eps
 
 FAMILY = "EfficientViT-MIT"
@@ -96,12 +96,20 @@ class ConvLayer(nn.Module):
     def forward(self, x):
         if self.dropout is not None:
             x = self.dropout(x)
-        x = self.conv(x)
-        if self.norm is not None:
-            x = self.norm(x)
+        x = self.conv(x) if self.norm is None else conv_with_folded_bn(self, self.conv, self.norm, x)
         if self.act is not None:
+            inplace = _INPLACE_ACTS.get(type(self.act))
+            if inplace is not None and not torch.is_grad_enabled():
+                return inplace(x, inplace=True)  # the conv output is a fresh tensor: safe to overwrite
             x = self.act(x)
         return x
+
+    def _apply(self, fn, *args, **kwargs):
+        self._folded = None
+        return super()._apply(fn, *args, **kwargs)
+
+
+_INPLACE_ACTS = {nn.Hardswish: F.hardswish, nn.ReLU: F.relu, nn.ReLU6: F.relu6, nn.SiLU: F.silu}
 
 
 class OpSequential(nn.Module):
@@ -247,7 +255,7 @@ class LiteMLA(nn.Module):
         qkv = torch.cat([qkv] + [op(qkv) for op in self.aggreg], dim=1)
         with autocast_off(qkv):
             out = self._attention(qkv)
-        return self.proj(out.to(qkv.dtype))
+        return self.proj(like_memory_format(out.to(qkv.dtype), x))
 
 
 class EfficientViTBlock(nn.Module):
@@ -277,14 +285,21 @@ class EfficientViTMITBackbone(BackboneBase):
         norm_eval (bool): keep BatchNorm layers in eval mode while training.
         norm_eps (float, optional): BN eps; defaults to the official value (1e-5 for B, 1e-7 for L).
         attn_eps (float): epsilon of the linear-attention normaliser (official 1e-15).
+        channels_last (bool, optional): run the convolutions in channels-last layout (outputs are returned in
+            the usual contiguous NCHW layout). ``None`` = on CPU only, where it is about 1.6x faster.
+
+    At inference (eval mode, no autograd) BatchNorm is folded into the preceding convolution and activations run
+    in place; results equal the training-graph computation up to float rounding.
     """
 
     num_stages = 5
 
     def __init__(self, arch="b1", in_channels: int = 3, out_indices=(1, 2, 3, 4), frozen_stages: int = -1,
-                 norm_eval: bool = False, norm_eps: Optional[float] = None, attn_eps: float = 1.0e-15):
+                 norm_eval: bool = False, norm_eps: Optional[float] = None, attn_eps: float = 1.0e-15,
+                 channels_last: Optional[bool] = None):
         super().__init__()
         cfg = resolve_arch(arch, ARCH_SETTINGS, FAMILY)
+        self.channels_last = channels_last
         self.arch = arch if isinstance(arch, str) else "custom"
         self.series = cfg["series"]
         self.act_name = cfg.get("act", SERIES_DEFAULTS[self.series]["act"])
@@ -347,12 +362,18 @@ class EfficientViTMITBackbone(BackboneBase):
 
     def forward(self, x):
         check_in_channels(x, self.in_channels, FAMILY)
+        if use_channels_last(self.channels_last, x):
+            x = x.contiguous(memory_format=torch.channels_last)
         outs = {}
         last = max(self.out_indices)
         for i, stage in enumerate(self.stage_modules()[: last + 1]):
             x = stage(x)
             outs[i] = x
-        return tuple(outs[i] for i in self.out_indices)
+        return tuple(outs[i].contiguous() for i in self.out_indices)
+
+
+def use_channels_last(option: Optional[bool], x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu") if option is None else bool(option)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -484,6 +505,8 @@ class SegHeadCore(nn.Module):
 def seg_head_features(head: nn.Module, feats: Sequence[torch.Tensor]) -> torch.Tensor:
     """SegHead fusion on any module holding ``input_ops``, ``upsample``, ``middle`` and ``final_expand``."""
     size = feats[-1].shape[-2:]
+    if use_channels_last(getattr(head, "channels_last", None), feats[-1]):
+        feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
     x = None
     for op, f in zip(head.input_ops, feats):
         y = head.upsample(op(f), size)
@@ -491,7 +514,7 @@ def seg_head_features(head: nn.Module, feats: Sequence[torch.Tensor]) -> torch.T
     x = head.middle(x)
     if head.final_expand is not None:
         x = head.final_expand(x)
-    return x
+    return x.contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------------------

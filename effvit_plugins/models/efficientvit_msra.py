@@ -52,7 +52,8 @@ import torch.nn.functional as F
 from ..checkpoint import unwrap_state_dict
 from .base import (BackboneBase, check_in_channels, normalize_out_indices, resolve_arch,
                    stage_channels_strides)
-from .layers import DropPath, drop_path_rates, relative_bias_index, resize_bias_map
+from .layers import (DropPath, cache_disabled, conv_with_folded_bn, drop_path_rates, relative_bias_index,
+                     resize_bias_map, tensor_stamp)
 
 __all__ = [
     "ARCH_SETTINGS", "OFFICIAL_KEY_SIGNATURE", "EfficientViTMSRABackbone", "EfficientViTMSRAClsHead",
@@ -86,26 +87,6 @@ PATCH_STRIDE = 16
 # ----------------------------------------------------------------------------------------------------------------
 # Basic layers
 # ----------------------------------------------------------------------------------------------------------------
-def _stamp(*tensors) -> Optional[tuple]:
-    """Identity + in-place-version of tensors, to know when something derived from them is stale.
-
-    ``None`` when it cannot be known (inference tensors have no version counter): then nothing is cached.
-    """
-    try:
-        return tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
-    except RuntimeError:
-        return None
-
-
-def _no_cache_context() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or _is_compiling()
-
-
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
-
-
 class ConvBN(nn.Sequential):
     """Bias-free ``Conv2d`` (``c``) followed by ``BatchNorm2d`` (``bn``) whose weight starts at ``bn_weight_init``.
 
@@ -123,30 +104,8 @@ class ConvBN(nn.Sequential):
         nn.init.zeros_(self.bn.bias)
         self._folded: Optional[tuple] = None
 
-    def _fold(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        c, bn = self.c, self.bn
-        parts = [getattr(bn, n, None) for n in ("weight", "bias", "running_mean", "running_var")]
-        # only a plain BN with affine params and running statistics (SyncBN / frozen BN variants included)
-        if any(not torch.is_tensor(t) for t in parts) or not hasattr(bn, "eps") or _no_cache_context():
-            return None
-        stamp = _stamp(c.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        if stamp is None:
-            return None
-        if self._folded is not None and self._folded[0] == stamp:
-            return self._folded[1]
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight = c.weight * scale.view(-1, 1, 1, 1)
-        bias = bn.bias - bn.running_mean * scale
-        self._folded = (stamp, (weight, bias))
-        return weight, bias
-
     def forward(self, x):
-        if not self.bn.training and not torch.is_grad_enabled():
-            folded = self._fold()
-            if folded is not None:
-                c = self.c
-                return F.conv2d(x, folded[0], folded[1], c.stride, c.padding, c.dilation, c.groups)
-        return self.bn(self.c(x))
+        return conv_with_folded_bn(self, self.c, self.bn, x)
 
     def _apply(self, fn, *args, **kwargs):
         self._folded = None
@@ -287,9 +246,9 @@ class CascadedGroupAttention(nn.Module):
 
     def attention_bias(self, h: int, w: int) -> torch.Tensor:
         """(heads, h*w, h*w) bias; memoised at inference (recomputed when the table changes)."""
-        if self.training or torch.is_grad_enabled() or _no_cache_context():
+        if self.training or torch.is_grad_enabled() or cache_disabled():
             return self._gather_bias(h, w)
-        stamp = _stamp(self.attention_biases, self.attention_bias_idxs)
+        stamp = tensor_stamp(self.attention_biases, self.attention_bias_idxs)
         if stamp is None:
             return self._gather_bias(h, w)
         hit = self._bias_cache.get((h, w))

@@ -72,3 +72,69 @@ def autocast_off(x: torch.Tensor):
     """Context manager disabling autocast for ``x``'s device (meta tensors use the CPU autocast state)."""
     dev = x.device.type
     return torch.autocast(device_type="cpu" if dev == "meta" else dev, enabled=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inference-time caches (BN folding, expanded attention biases)
+# ---------------------------------------------------------------------------------------------------------------
+def cache_disabled() -> bool:
+    """True while tracing / scripting / compiling: derived tensors must then be recomputed, not cached."""
+    compiler = getattr(torch, "compiler", None)
+    compiling = bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+    return compiling or torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
+def tensor_stamp(*tensors):
+    """Identity + in-place version of tensors, to know when something derived from them is stale.
+
+    ``None`` when it cannot be known (inference tensors have no version counter): then nothing is cached.
+    """
+    try:
+        return tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+    except RuntimeError:
+        return None
+
+
+def is_inference(bn: nn.Module) -> bool:
+    return not bn.training and not torch.is_grad_enabled()
+
+
+def folded_conv_bn(owner: nn.Module, conv: nn.Conv2d, bn: nn.Module):
+    """``(weight, bias)`` of ``conv`` followed by eval-mode ``bn`` as one convolution, cached on ``owner``.
+
+    The cache (attribute ``_folded``) is recomputed whenever one of the source tensors is replaced or changed in
+    place, and bypassed while tracing/compiling. Returns ``None`` when folding is not possible (no running stats).
+    """
+    parts = [getattr(bn, n, None) for n in ("weight", "bias", "running_mean", "running_var")]
+    if any(not torch.is_tensor(t) for t in parts) or not hasattr(bn, "eps") or cache_disabled():
+        return None
+    sources = (conv.weight, *parts) + ((conv.bias,) if conv.bias is not None else ())
+    stamp = tensor_stamp(*sources)
+    if stamp is None:
+        return None
+    cached = getattr(owner, "_folded", None)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    owner._folded = (stamp, (weight, bias))
+    return weight, bias
+
+
+def conv_with_folded_bn(owner: nn.Module, conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor):
+    """``bn(conv(x))``; at inference one convolution with the BN folded in (identical up to rounding)."""
+    if is_inference(bn):
+        folded = folded_conv_bn(owner, conv, bn)
+        if folded is not None:
+            return F.conv2d(x, folded[0], folded[1], conv.stride, conv.padding, conv.dilation, conv.groups)
+    return bn(conv(x))
+
+
+def like_memory_format(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last layout if ``ref`` is channels-last (keeps a channels-last network channels-last)."""
+    if ref.dim() == 4 and not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x

@@ -152,3 +152,24 @@ def test_official_classification_checkpoint_converts_exactly(tmp_path):
     sd = convert_official_checkpoint(unwrap_state_dict(load_weights_file(str(tmp_path / "official_b0.pt"))))
     res = EfficientViTMITClassifier("b0").load_state_dict(sd, strict=True)
     assert not res.missing_keys and not res.unexpected_keys
+
+
+def test_inference_fast_path_equals_training_graph(bn_randomizer):
+    """BN folding, in-place activations and channels-last (used without autograd) change nothing but rounding."""
+    torch.manual_seed(0)
+    m = EfficientViTMITBackbone("b1", out_indices=(1, 2, 3, 4)).eval()
+    bn_randomizer(m)
+    x = torch.randn(1, 3, 96, 160)
+    ref = m(x)  # autograd enabled: plain conv -> BN -> act graph
+    with torch.no_grad():
+        fast = m(x)
+        m.stages[0].op_list[0].main.inverted_conv.norm.running_mean.add_(1.0)  # in-place change invalidates cache
+        changed = m(x)
+    for a, b in zip(ref, fast):
+        assert a.is_contiguous() and b.is_contiguous()
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(changed[1], fast[1], atol=1e-3)
+    m2 = EfficientViTMITBackbone("b1", out_indices=(1, 2, 3, 4), channels_last=False).eval()
+    m2.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        assert all(torch.allclose(a, b, atol=1e-4, rtol=1e-4) for a, b in zip(m2(x), changed))

@@ -1,0 +1,177 @@
+"""mmpretrain ImageNet configs for all four families: keys match the converter output, published
+params/MACs, conversion of official files, clear errors, and a real training loop + accuracy evaluation."""
+import glob
+import os
+
+import pytest
+import torch
+
+from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config, model_complexity
+from effvit_plugins.models import edgevit, efficientformer, efficientvit_mit, efficientvit_msra
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLS_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*_in1k.py")))
+# (params M, MACs G) at 224 of the official classifiers (architectures.md)
+TARGETS = {
+    "efficientvit-mit-b0": (3.41, 0.100), "efficientvit-mit-b1": (9.10, 0.519), "efficientvit-mit-b2": (24.33, 1.585),
+    "efficientvit-mit-b3": (48.65, 3.954), "efficientvit-mit-l1": (52.65, 5.258), "efficientvit-mit-l2": (63.71, 6.950),
+    "efficientvit-mit-l3": (246.04, 27.59),
+    "efficientvit-msra-m0": (2.35, 0.079), "efficientvit-msra-m1": (2.98, 0.167), "efficientvit-msra-m2": (4.19, 0.201),
+    "efficientvit-msra-m3": (6.90, 0.263), "efficientvit-msra-m4": (8.80, 0.299), "efficientvit-msra-m5": (12.47, 0.522),
+    "edgevit-xxs": (4.07, 0.551), "edgevit-xs": (6.77, 1.128), "edgevit-s": (13.11, 1.911),
+    "efficientformer-l1": (12.29, 1.29), "efficientformer-l3": (31.41, 3.91), "efficientformer-l7": (82.23, 10.12),
+    "efficientformerv2-s0": (3.60, 0.396), "efficientformerv2-s1": (6.19, 0.652), "efficientformerv2-s2": (12.71, 1.247),
+    "efficientformerv2-l": (26.32, 2.553),
+}
+FAMILY_OF = {"efficientvit-mit": ("efficientvit_mit", efficientvit_mit.EfficientViTMITClassifier),
+             "efficientvit-msra": ("efficientvit_msra", efficientvit_msra.EfficientViTMSRAClassifier),
+             "edgevit": ("edgevit", edgevit.EdgeViTClassifier),
+             "efficientformer": ("efficientformer", efficientformer.EfficientFormerClassifier),
+             "efficientformerv2": ("efficientformer", efficientformer.EfficientFormerClassifier)}
+
+
+def model_name(path):
+    return os.path.basename(path).split("_")[0]
+
+
+def split_name(name):
+    prefix, variant = name.rsplit("-", 1)
+    return prefix, variant
+
+
+def test_every_variant_has_a_config():
+    assert sorted(model_name(p) for p in CLS_CONFIGS) == sorted(TARGETS)
+
+
+@pytest.mark.parametrize("path", CLS_CONFIGS, ids=model_name)
+def test_config_matches_official_classifier(path):
+    """Params/MACs as published, and exactly the keys of the converted official checkpoint."""
+    cfg = load_config(path)
+    with torch.device("meta"):
+        model = build_model_from_cfg(cfg, device="meta")
+        prefix, variant = split_name(model_name(path))
+        core = FAMILY_OF[prefix][1](variant)
+    params, macs = model_complexity(model, (224, 224))
+    p_ref, m_ref = TARGETS[model_name(path)]
+    assert abs(params / 1e6 - p_ref) / p_ref < 0.01 and abs(macs / 1e9 - m_ref) / m_ref < 0.02, (params, macs)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    official_layout = {k: tuple(v.shape) for k, v in core.state_dict().items()}
+    assert ours == official_layout
+
+
+def official_state_dict(family, core):
+    """Our classifier's weights renamed to the official checkpoint layout (architectures.md key layouts)."""
+    out = {}
+    for k, v in core.state_dict().items():
+        if family == "efficientvit_mit":
+            out[k] = v
+        elif k.startswith("backbone."):
+            out[k[len("backbone."):]] = v
+        elif family == "efficientvit_msra":
+            out[k.replace("head.head_dist.", "head_dist.")] = v
+        else:  # edgevit: head.norm/head.head; efficientformer: head.norm/head.head/head.dist_head
+            out[k[len("head."):]] = v
+    return out
+
+
+@pytest.mark.parametrize("name,wrapper", [("efficientvit-mit-b0", "state_dict"), ("efficientvit-msra-m0", "model"),
+                                          ("edgevit-xxs", None), ("efficientformer-l1", "model"),
+                                          ("efficientformerv2-s0", "model")])
+def test_official_checkpoint_converts_into_config(tmp_path, name, wrapper, bn_randomizer):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cc", os.path.join(ROOT, "tools", "convert_checkpoint.py"))
+    cc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cc)
+    prefix, variant = split_name(name)
+    family, cls = FAMILY_OF[prefix]
+    torch.manual_seed(0)
+    core = cls(variant).eval()
+    bn_randomizer(core)
+    official = official_state_dict(family, core)
+    if family == "efficientvit_msra":  # official 1x1 conv weights may be stored 2-D
+        official = {k: (v.flatten(1) if k.endswith(".c.weight") and v.dim() == 4 and v.shape[-1] == 1 else v)
+                    for k, v in official.items()}
+    torch.save({wrapper: official} if wrapper else official, tmp_path / "official.pth")
+    assert cc.main([str(tmp_path / "official.pth"), str(tmp_path / "ours.pth")]) == 0
+    (path,) = [p for p in CLS_CONFIGS if model_name(p) == name]
+    model = build_model_from_cfg(load_config(path))
+    res = model.load_state_dict(torch.load(tmp_path / "ours.pth", weights_only=True)["state_dict"], strict=True)
+    assert not res.missing_keys and not res.unexpected_keys
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(model(x, mode="tensor"), core(x), atol=1e-5)
+
+
+def test_checkpoint_of_another_family_is_named(tmp_path):
+    from mmpretrain.registry import MODELS
+    torch.save({"model": efficientformer.EfficientFormerClassifier("l1").state_dict()}, tmp_path / "ef.pth")
+    official = official_state_dict("efficientformer", efficientformer.EfficientFormerClassifier("l1"))
+    torch.save({"model": official}, tmp_path / "ef_official.pth")
+    bb = MODELS.build(dict(type="EfficientViTMSRA", arch="m0",
+                           init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "ef_official.pth"))))
+    with pytest.raises(Exception, match=r"looks like a EfficientFormer checkpoint, but the model is EfficientViT \(MSRA\)"):
+        bb.init_weights()
+
+
+def test_truncated_checkpoint_loads_nothing(tmp_path):
+    from mmpretrain.registry import MODELS
+    core = edgevit.EdgeViTClassifier("xxs")
+    torch.save({"model": official_state_dict("edgevit", core)}, tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "trunc.pth").write_bytes(data[: len(data) // 2])
+    bb = MODELS.build(dict(type="EdgeViT", arch="xxs",
+                           init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "trunc.pth"))))
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    with pytest.raises(Exception, match="truncated or corrupt"):
+        bb.init_weights()
+    assert all(torch.equal(v, before[k]) for k, v in bb.state_dict().items())
+
+
+def test_unknown_variant_lists_valid_ones():
+    from mmpretrain.registry import MODELS
+    for typ, valid in [("EfficientViTMSRA", "m0, m1, m2, m3, m4, m5"), ("EdgeViT", "xxs, xs, s"),
+                       ("EfficientFormerV1", "l1, l3, l7"), ("EfficientFormerV2", "s0, s1, s2, l")]:
+        with pytest.raises(ValueError, match=f"Valid variants: {valid}"):
+            MODELS.build(dict(type=typ, arch="zz"))
+
+
+# ------------------------------------------------------------------------------------------------------------
+TRAIN_CASES = ["efficientvit-mit-b0", "efficientvit-msra-m0", "edgevit-xxs", "efficientformerv2-s0"]
+
+
+@pytest.mark.parametrize("name", TRAIN_CASES)
+def test_training_loop_and_accuracy(tmp_path_factory, name):
+    """A few iterations through mmengine's Runner (mmpretrain ImageClassifier) and an accuracy evaluation."""
+    from mmengine.runner import Runner
+    from effvit_plugins.datasets.imagefolder_demo import CLASSES, generate_imagefolder
+    data = generate_imagefolder(str(tmp_path_factory.mktemp("imagefolder")), num_train=8, num_val=4, size=64)
+    (path,) = [p for p in CLS_CONFIGS if model_name(p) == name]
+    cfg = load_config(path)
+    cfg.model.head.num_classes = len(CLASSES)
+    cfg.model.head.topk = (1,)
+    cfg.model.data_preprocessor = dict(type="ClsDataPreprocessor", num_classes=len(CLASSES),
+                                       mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+    pipe = [dict(type="LoadImageFromFile"), dict(type="PackInputs")]
+    for split, key in (("train", "train_dataloader"), ("val", "val_dataloader")):
+        cfg[key] = dict(batch_size=8, num_workers=0, persistent_workers=False,
+                        sampler=dict(type="DefaultSampler", shuffle=split == "train"),
+                        dataset=dict(type="CustomDataset", data_root=data, data_prefix=split, pipeline=pipe))
+    cfg.val_evaluator = dict(type="Accuracy", topk=(1,))
+    cfg.test_dataloader = cfg.test_evaluator = cfg.test_cfg = None
+    cfg.train_cfg = dict(by_epoch=False, max_iters=32, val_interval=32)
+    cfg.optim_wrapper = dict(optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.0))
+    cfg.param_scheduler = []
+    cfg.auto_scale_lr = None
+    cfg.default_hooks.logger = dict(type="LoggerHook", interval=8)
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=32, by_epoch=False)
+    cfg.log_processor = dict(by_epoch=False)
+    cfg.work_dir = str(tmp_path_factory.mktemp("work"))
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    losses = runner.message_hub.get_scalar("train/loss").data[0]
+    assert len(losses) == 32 and all(map(lambda v: v == v, losses))
+    # the model learns: mean loss of the last 8 iterations well below that of the first 8
+    assert losses[-8:].mean() < 0.8 * losses[:8].mean(), losses
+    metrics = runner.val_loop.run()
+    assert 0.0 <= metrics["accuracy/top1"] <= 100.0
+    assert os.path.isfile(os.path.join(cfg.work_dir, "iter_32.pth"))
