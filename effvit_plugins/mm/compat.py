@@ -8,6 +8,11 @@ We keep ``weights_only=True`` and extend it with an allow-list: the loader lists
 needs (``torch.serialization.get_unsafe_globals_in_checkpoint``) and only loads if every one of them is on the
 list below (mmengine's HistoryBuffer, numpy's array/scalar reconstructors and dtypes). Anything else is refused
 with an explanation; nothing is ever unpickled with ``weights_only=False``.
+
+mmengine's ``HistoryBuffer`` also pickles its class-level table of statistics methods (``min``/``max``/...) as
+``getattr(HistoryBuffer, 'min')``; allowing ``getattr`` would allow arbitrary code, so instead we save buffers
+without that table: ``HistoryBuffer.__setstate__`` rebuilds it on load (custom methods are class-level and are
+registered again when their module is imported), so nothing is lost.
 """
 from __future__ import annotations
 
@@ -54,19 +59,33 @@ def load_runner_checkpoint(filename: str, map_location=None):
             f"Refusing to unpickle {filename}: it needs globals outside the allow-list of runner checkpoints "
             f"({', '.join(refused)}). If you trust this file, extract its tensors with "
             f"torch.load(path, weights_only=False)['state_dict'] and save them alone.")
-    with torch.serialization.safe_globals([_resolve(g) for g in needed]):
+    allowed = [_resolve(g) for g in needed]
+    if any(g.startswith("numpy.") for g in needed):
+        # dtype *instances* are rebuilt with their concrete class (numpy.dtypes.Float64DType, ...), which the
+        # checkpoint does not list as a global
+        import numpy.dtypes
+
+        allowed += [c for c in vars(numpy.dtypes).values() if isinstance(c, type)]
+    with torch.serialization.safe_globals(allowed):
         return torch.load(filename, map_location=map_location, weights_only=True)
 
 
 _PATCHED = False
 
 
+def _history_buffer_state(self) -> dict:
+    return {k: v for k, v in self.__dict__.items() if k != "statistics_methods"}
+
+
 def patch_mmengine_checkpoint_loading() -> None:
-    """Route mmengine's local-file loader (``CheckpointLoader`` fallback scheme) through our loader."""
+    """Route mmengine's local-file loader (``CheckpointLoader`` fallback scheme) through our loader, and save
+    ``HistoryBuffer`` objects in a form that loads with ``weights_only=True``."""
     global _PATCHED
     if _PATCHED:
         return
+    from mmengine.logging.history_buffer import HistoryBuffer
     from mmengine.runner.checkpoint import CheckpointLoader
 
     CheckpointLoader.register_scheme(prefixes="", force=True)(load_runner_checkpoint)
+    HistoryBuffer.__getstate__ = _history_buffer_state
     _PATCHED = True

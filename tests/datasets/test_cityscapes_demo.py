@@ -115,12 +115,15 @@ def test_cli(tmp_path):
 def test_mmseg_cityscapes_dataset_reads_it(tmp_path):
     pytest.importorskip("mmcv.ops")
     mmseg_datasets = pytest.importorskip("mmseg.datasets")
+    from mmengine.registry import DefaultScope
+
     _gen(tmp_path, num_train=4, num_val=2)
-    ds = mmseg_datasets.CityscapesDataset(
-        data_root=str(tmp_path), data_prefix=dict(img_path="leftImg8bit/val", seg_map_path="gtFine/val"),
-        pipeline=[dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"), dict(type="PackSegInputs")])
-    assert len(ds) == 2
-    item = ds[0]
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        ds = mmseg_datasets.CityscapesDataset(
+            data_root=str(tmp_path), data_prefix=dict(img_path="leftImg8bit/val", seg_map_path="gtFine/val"),
+            pipeline=[dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"), dict(type="PackSegInputs")])
+        assert len(ds) == 2
+        item = ds[0]
     assert tuple(item["inputs"].shape) == (3, 128, 256)
     seg = item["data_samples"].gt_sem_seg.data
     assert seg.shape[-2:] == (128, 256) and int(seg[seg != 255].max()) <= 18

@@ -165,6 +165,7 @@ def test_data_check_descends_into_wrappers(tmp_path):
     from effvit_plugins.mm.data_check import find_missing_data
 
     (tmp_path / "a" / "img").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
     cfg = Config(dict(
         train_dataloader=dict(dataset=dict(type="RepeatDataset", times=2, dataset=dict(
             type="ConcatDataset", datasets=[
@@ -173,11 +174,15 @@ def test_data_check_descends_into_wrappers(tmp_path):
                 dict(type="CocoDataset", data_root=str(tmp_path / "b"), ann_file="annotations/x.json",
                      data_prefix=dict(img="train2017/")),
                 dict(type="CityscapesDataset", data_root="s3://bucket/cs",
-                     data_prefix=dict(img_path="img", seg_map_path="ann"))])))))
+                     data_prefix=dict(img_path="img", seg_map_path="ann")),
+                dict(type="ADE20KDataset", data_root=str(tmp_path / "c"),
+                     data_prefix=dict(img_path="images", seg_map_path="annotations"))])))))
     missing = find_missing_data(cfg, ["train_dataloader", "val_dataloader"])
     got = {(m.key, m.kind, osp.relpath(m.path, str(tmp_path))) for m in missing}
     assert got == {
         ("train_dataloader.dataset.dataset.datasets.0", "directory", osp.join("a", "ann")),
         ("train_dataloader.dataset.dataset.datasets.1", "file", osp.join("b", "annotations", "x.json")),
         ("train_dataloader.dataset.dataset.datasets.1", "directory", osp.join("b", "train2017")),
+        ("train_dataloader.dataset.dataset.datasets.3", "directory", "c"),  # a missing data_root alone
     }
+    assert [m.data_root for m in missing][-1] == str(tmp_path / "c")

@@ -1,0 +1,35 @@
+"""Runner checkpoints load on torch >= 2.6 with weights_only=True plus an allow-list; anything else is refused."""
+import collections
+
+import numpy as np
+import pytest
+import torch
+
+import effvit_plugins  # noqa: F401  (applies the patch)
+from effvit_plugins.mm.compat import load_runner_checkpoint
+
+
+class NotAllowed:
+    pass
+
+
+def test_runner_state_with_history_buffers_and_numpy_loads(tmp_path):
+    from mmengine.logging import HistoryBuffer, MessageHub
+    from mmengine.runner.checkpoint import _load_checkpoint, save_checkpoint
+    hub = MessageHub.get_instance("compat_test")
+    for i in range(3):
+        hub.update_scalar("train/loss", float(i))
+    hub.update_info("iter", np.int64(7))
+    ckpt = {"meta": {"iter": 7, "seed": np.int64(3), "hist": np.arange(4.0)},
+            "state_dict": collections.OrderedDict(w=torch.ones(2)), "message_hub": hub.state_dict()}
+    save_checkpoint(ckpt, str(tmp_path / "iter_7.pth"))
+    out = _load_checkpoint(str(tmp_path / "iter_7.pth"), map_location="cpu")  # mmengine's own entry point
+    assert out["meta"]["iter"] == 7 and np.array_equal(out["meta"]["hist"], np.arange(4.0))
+    buf = out["message_hub"]["log_scalars"]["train/loss"]
+    assert isinstance(buf, HistoryBuffer) and buf.mean() == 1.0 and buf.current() == 2.0
+
+
+def test_other_globals_are_refused(tmp_path):
+    torch.save({"state_dict": {}, "x": NotAllowed()}, tmp_path / "bad.pth")
+    with pytest.raises(RuntimeError, match="Refusing to unpickle .*NotAllowed"):
+        load_runner_checkpoint(str(tmp_path / "bad.pth"))
