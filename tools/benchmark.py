@@ -126,8 +126,8 @@ def suite_families(args, device, dtype):
     rows = [  # (our module, classifier class, backbone class, arch, timm name)
         ("efficientvit_mit", "EfficientViTMITClassifier", "EfficientViTMITBackbone", "b1", "efficientvit_b1"),
         ("efficientvit_msra", "EfficientViTMSRAClassifier", "EfficientViTMSRABackbone", "m4", "efficientvit_m4"),
-        ("efficientformer", "EfficientFormerV1Classifier", "EfficientFormerV1Backbone", "l1", "efficientformer_l1"),
-        ("efficientformer", "EfficientFormerV2Classifier", "EfficientFormerV2Backbone", "s1", "efficientformerv2_s1"),
+        ("efficientformer", "EfficientFormerClassifier", "EfficientFormerBackbone", "l1", "efficientformer_l1"),
+        ("efficientformer", "EfficientFormerClassifier", "EfficientFormerBackbone", "s1", "efficientformerv2_s1"),
         ("edgevit", "EdgeViTClassifier", "EdgeViTBackbone", "xxs", None),
     ]
     for mod_name, cls_name, bb_name, arch, timm_name in rows:
@@ -145,12 +145,26 @@ def suite_families(args, device, dtype):
                 ref_fn = ref
             else:  # dense-prediction use: all stage outputs
                 ours = bb(arch).to(device).eval()
-                ref = timm.create_model(timm_name, pretrained=False, features_only=True,
-                                        img_size=size).to(device).eval() if timm_name else None
+                ref = timm_features(timm, timm_name, size).to(device).eval() if timm_name else None
                 ref_fn = ref
             macs = count_macs(ours, tuple(x.shape)) if timm_name is None else None
+            if ref_fn is not None:
+                try:
+                    with torch.inference_mode():
+                        ref_fn(x)
+                except RuntimeError as e:  # e.g. fixed-resolution attention biases
+                    print(f"  (timm {timm_name} cannot run at {size}x{size}: {str(e).splitlines()[0][:90]})")
+                    ref_fn = None
             t_ours, t_ref = time_pair(ours, ref_fn, x, args.repeat, args.warmup, device, dtype)
             report(f"{mod_name}-{arch}", f"{size}x{size}", t_ours, t_ref, "timm", macs)
+
+
+def timm_features(timm, name, size):
+    """timm feature extractor; fixed-input-size models (MSRA, EfficientFormer) are built for ``size``."""
+    try:
+        return timm.create_model(name, pretrained=False, features_only=True, img_size=size)
+    except TypeError:
+        return timm.create_model(name, pretrained=False, features_only=True)
 
 
 def main(argv=None):

@@ -28,7 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, check_in_channels, normalize_out_indices, resolve_arch
-from .layers import DropPath, cache_disabled, drop_path_rates, relative_bias_index, resize_bias_map
+from .layers import (DropPath, cache_disabled, conv_with_folded_bn, drop_path_rates, relative_bias_index,
+                     resize_bias_map)
 
 __all__ = [
     "ARCH_SETTINGS",
@@ -70,12 +71,15 @@ OFFICIAL_KEY_SIGNATURE = ("network.0.0.mlp.fc1.weight", "network.1.proj.weight",
 _HEAD_KEYS = ("norm", "head", "dist_head")
 
 
-def _conv_bn(in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    """Conv + BN as an ``nn.Sequential`` so that the keys are ``.0.*`` / ``.1.*`` like the official code."""
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups),
-        nn.BatchNorm2d(out_ch),
-    )
+class _ConvBN(nn.Sequential):
+    """``Conv2d`` (index 0) + ``BatchNorm2d`` (index 1); the BN is folded into the conv at inference."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, groups: int = 1):
+        super().__init__(nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups),
+                         nn.BatchNorm2d(out_ch))
+
+    def forward(self, x):
+        return conv_with_folded_bn(self, self[0], self[1], x)
 
 
 def _stem(in_ch: int, out_ch: int, act_layer) -> nn.Sequential:
@@ -200,7 +204,8 @@ class _V1ConvMlp(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, x):
-        return self.norm2(self.fc2(self.act(self.norm1(self.fc1(x)))))
+        x = self.act(conv_with_folded_bn(self.fc1, self.fc1, self.norm1, x))
+        return conv_with_folded_bn(self.fc2, self.fc2, self.norm2, x)
 
 
 class _V1LinearMlp(nn.Module):
@@ -276,7 +281,7 @@ class _V1Downsample(nn.Module):
         self.norm = nn.BatchNorm2d(out_ch)
 
     def forward(self, x):
-        return self.norm(self.proj(x))
+        return conv_with_folded_bn(self.proj, self.proj, self.norm, x)
 
 
 def _v1_stage(index: int, dim: int, depth: int, vit_num: int, dpr: Sequence[float], layer_scale_init_value,
@@ -317,15 +322,15 @@ class _V2Attention(_RelPosBias):
         nh_kd = key_dim * num_heads
         if stride is not None:
             resolution = math.ceil(resolution / stride)
-            self.stride_conv = _conv_bn(dim, dim, 3, stride=stride, groups=dim)
+            self.stride_conv = _ConvBN(dim, dim, 3, stride=stride, groups=dim)
         else:
             self.stride_conv = None
         self.stride = stride
         self.resolution = resolution
-        self.q = _conv_bn(dim, nh_kd)
-        self.k = _conv_bn(dim, nh_kd)
-        self.v = _conv_bn(dim, self.dh)
-        self.v_local = _conv_bn(self.dh, self.dh, 3, groups=self.dh)
+        self.q = _ConvBN(dim, nh_kd)
+        self.k = _ConvBN(dim, nh_kd)
+        self.v = _ConvBN(dim, self.dh)
+        self.v_local = _ConvBN(self.dh, self.dh, 3, groups=self.dh)
         self.talking_head1 = nn.Conv2d(num_heads, num_heads, 1)
         self.talking_head2 = nn.Conv2d(num_heads, num_heads, 1)
         self.proj = nn.Sequential(nn.GELU(), nn.Conv2d(self.dh, dim, 1), nn.BatchNorm2d(dim))
@@ -358,7 +363,7 @@ class _V2LocalGlobalQuery(nn.Module):
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
         self.local = nn.Sequential(nn.Conv2d(in_dim, in_dim, 3, stride=2, padding=1, groups=in_dim))
-        self.proj = _conv_bn(in_dim, out_dim)
+        self.proj = _ConvBN(in_dim, out_dim)
 
     def forward(self, x):
         # AvgPool2d(kernel 1, stride 2) == taking every second pixel
@@ -380,9 +385,9 @@ class _V2AttentionDownsample(_RelPosBias):
         self.resolution = resolution
         self.resolution2 = math.ceil(resolution / 2)
         self.q = _V2LocalGlobalQuery(dim, nh_kd)
-        self.k = _conv_bn(dim, nh_kd)
-        self.v = _conv_bn(dim, self.dh)
-        self.v_local = _conv_bn(self.dh, self.dh, 3, stride=2, groups=self.dh)
+        self.k = _ConvBN(dim, nh_kd)
+        self.v = _ConvBN(dim, self.dh)
+        self.v_local = _ConvBN(self.dh, self.dh, 3, stride=2, groups=self.dh)
         self.proj = nn.Sequential(nn.GELU(), nn.Conv2d(self.dh, out_dim, 1), nn.BatchNorm2d(out_dim))
         self._init_bias(num_heads, (self.resolution2,) * 2, (resolution, resolution),
                         q_stride=math.ceil(resolution / self.resolution2))
@@ -420,9 +425,9 @@ class _V2Mlp(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, x):
-        x = self.act(self.norm1(self.fc1(x)))
-        x = self.act(self.mid_norm(self.mid(x)))
-        return self.norm2(self.fc2(x))
+        x = self.act(conv_with_folded_bn(self.fc1, self.fc1, self.norm1, x))
+        x = self.act(conv_with_folded_bn(self.mid, self.mid, self.mid_norm, x))
+        return conv_with_folded_bn(self.fc2, self.fc2, self.norm2, x)
 
 
 class _V2FFN(nn.Module):
@@ -472,8 +477,8 @@ class _V2Downsample(nn.Module):
 
     def forward(self, x):
         if self.use_attn:
-            return self.attn(x) + self.bn(self.conv(x))
-        return self.norm(self.proj(x))
+            return self.attn(x) + conv_with_folded_bn(self.conv, self.conv, self.bn, x)
+        return conv_with_folded_bn(self.proj, self.proj, self.norm, x)
 
 
 def _v2_stage(index: int, dim: int, depth: int, vit_num: int, mlp_ratios: Sequence[float], dpr: Sequence[float],
