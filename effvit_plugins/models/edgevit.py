@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, check_in_channels, normalize_out_indices, resolve_arch
-from .layers import DropPath, drop_path_rates
+from .layers import DropPath, LinearMlp, drop_path_rates
 
 FAMILY = "EdgeViT"
 
@@ -80,19 +80,6 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)
         # LayerNorm over the channel dim in channels-last layout, then back to NCHW (contiguous for the convs).
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
-
-
-class Mlp(nn.Module):
-    """Token MLP: Linear - GELU - Linear."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class CMlp(nn.Module):
@@ -186,7 +173,7 @@ class SelfAttn(nn.Module):
         self.attn = GlobalSparseAttn(dim, num_heads, qkv_bias=qkv_bias, sr_ratio=sr_ratio)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = LinearMlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x):
         x = x + self.pos_embed(x)

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, check_in_channels, normalize_out_indices, resolve_arch
-from .layers import (DropPath, cache_disabled, conv_with_folded_bn, drop_path_rates, relative_bias_index,
+from .layers import (DropPath, LinearMlp, cache_disabled, conv_with_folded_bn, drop_path_rates, relative_bias_index,
                      resize_bias_map)
 
 __all__ = [
@@ -208,17 +208,6 @@ class _V1ConvMlp(nn.Module):
         return conv_with_folded_bn(self.fc2, self.fc2, self.norm2, x)
 
 
-class _V1LinearMlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class _V1Pooling(nn.Module):
     """Token mixer ``AvgPool3x3(x) - x`` (padding not counted)."""
 
@@ -255,7 +244,7 @@ class _V1Block3D(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.token_mixer = _V1Attention(dim, resolution=resolution)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = _V1LinearMlp(dim, int(dim * mlp_ratio))
+        self.mlp = LinearMlp(dim, int(dim * mlp_ratio))
         self.drop_path = _drop_path(drop_path)
         self.layer_scale_1 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))

@@ -138,3 +138,16 @@ def like_memory_format(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     if ref.dim() == 4 and not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last):
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+class LinearMlp(nn.Module):
+    """Token MLP ``fc1 -> GELU -> fc2`` on (..., C) tensors (EdgeViT and EfficientFormer V1 key names)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
