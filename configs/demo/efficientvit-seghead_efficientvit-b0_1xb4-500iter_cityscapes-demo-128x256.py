@@ -1,8 +1,11 @@
 # EfficientViT-B0 + SegHead on the synthetic Cityscapes-layout demo set (tools/generate_demo_data.py ->
 # data/cityscapes_demo/, 100 train / 20 val images of 128x256). The full Cityscapes B0 config scaled down to run
-# on a laptop CPU in a few minutes: same model and 19 classes, pipelines at 1/8 of the Cityscapes resolution,
-# batch 4 on one device, plain BN (the model has no SyncBN), AdamW with a 10x larger lr and a short schedule.
-# `make demo` = generate the data, tools/train.py with this config, tools/test.py --show-dir.
+# on a laptop CPU in a few minutes: same model and 19 classes, pipelines at 1/8 of the Cityscapes resolution
+# (random rescale 0.75-1.5 of 256x128, 128x128 crops, flip), batch 4 on one device, plain BN (the model has no
+# SyncBN), AdamW at 10x the lr with a 30-iter warm-up and cosine decay over 500 iterations, validation and the
+# checkpoint at the end. From scratch (no ImageNet weights), seed 0: 72.15 mIoU on the demo val set (mean over the
+# 10 classes the generator draws; poles/signs stay at 0), ~0.1 s/iter on 2 CPU cores (~1.5-2.5 min of training).
+# `make demo` (scripts/demo.sh) = generate the data, tools/train.py with this config, tools/test.py --show-dir.
 _base_ = ['../efficientvit_mit/efficientvit-seghead_efficientvit-b0_8xb2-160k_cityscapes-1024x2048.py']
 
 data_root = 'data/cityscapes_demo/'

@@ -10,14 +10,16 @@ list below (mmengine's HistoryBuffer, numpy's array/scalar reconstructors and dt
 with an explanation; nothing is ever unpickled with ``weights_only=False``.
 
 mmengine's ``HistoryBuffer`` also pickles its class-level table of statistics methods (``min``/``max``/...) as
-``getattr(HistoryBuffer, 'min')``; allowing ``getattr`` would allow arbitrary code, so instead we save buffers
-without that table: ``HistoryBuffer.__setstate__`` rebuilds it on load (custom methods are class-level and are
-registered again when their module is imported), so nothing is lost.
+``getattr(HistoryBuffer, 'min')``. A free ``getattr`` would allow arbitrary code, so ``builtins.getattr`` is
+mapped to :func:`_history_buffer_getattr`, which resolves only HistoryBuffer's registered statistics methods.
+Checkpoints saved after ``import effvit_plugins`` omit that table altogether (``HistoryBuffer.__setstate__``
+rebuilds it on load, and custom methods are re-registered when their module is imported), so nothing is lost.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import pickle
 
 import torch
 
@@ -32,6 +34,7 @@ ALLOWED_GLOBALS = {
     "collections.OrderedDict",
     "collections.defaultdict",
     "builtins.set",
+    "builtins.getattr",  # restricted, see _history_buffer_getattr
     "builtins.frozenset",
 }
 ALLOWED_PREFIXES = ("numpy.dtypes.",)
@@ -47,6 +50,16 @@ def _resolve(name: str):
         raise
 
 
+def _history_buffer_getattr(obj, name: str):
+    """Stand-in for ``builtins.getattr`` while unpickling: only ``HistoryBuffer.<statistics method>``."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    if obj is HistoryBuffer and (name in HistoryBuffer._statistics_methods or name in ("min", "max", "current",
+                                                                                       "mean")):
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(f"getattr({obj!r}, {name!r}) is not allowed in a runner checkpoint")
+
+
 def load_runner_checkpoint(filename: str, map_location=None):
     """Load an OpenMMLab runner checkpoint with ``weights_only=True`` plus the allow-listed globals."""
     filename = os.path.expanduser(filename)
@@ -59,7 +72,7 @@ def load_runner_checkpoint(filename: str, map_location=None):
             f"Refusing to unpickle {filename}: it needs globals outside the allow-list of runner checkpoints "
             f"({', '.join(refused)}). If you trust this file, extract its tensors with "
             f"torch.load(path, weights_only=False)['state_dict'] and save them alone.")
-    allowed = [_resolve(g) for g in needed]
+    allowed = [(_history_buffer_getattr, g) if g == "builtins.getattr" else _resolve(g) for g in needed]
     if any(g.startswith("numpy.") for g in needed):
         # dtype *instances* are rebuilt with their concrete class (numpy.dtypes.Float64DType, ...), which the
         # checkpoint does not list as a global

@@ -1,4 +1,4 @@
-""""Dataset missing" check for ``tools/train.py`` / ``tools/test.py``, run before anything heavy is built.
+"""The "dataset missing" check of ``tools/train.py`` / ``tools/test.py``, run before anything heavy is built.
 
 Without it a missing dataset surfaces as a traceback from deep inside the Runner (mmseg: an empty dataset or a
 ``FileNotFoundError`` from ``scandir``; mmdet: from ``pycocotools``) after the model has been built. Here the
@@ -102,9 +102,13 @@ def format_missing_message(missing: Sequence[Missing], cfg, tool: str, config_pa
     layout = next((_LAYOUTS[m.dtype] for m in missing if m.dtype in _LAYOUTS), None)
     if layout:
         lines.append(f"  expected layout under data_root: {layout}")
-    # the --cfg-options keys of every dataset with a data_root, in the dataloaders of this config
+    # the --cfg-options keys of the data_root of every dataset the tool reads
+    # (training: also test_dataloader, so the same options serve tools/test.py afterwards)
     keys = []
-    for name in dict.fromkeys(list(dataloaders) + ["train_dataloader", "val_dataloader", "test_dataloader"]):
+    names = list(dataloaders)
+    if "train_dataloader" in names:
+        names += ["train_dataloader", "val_dataloader", "test_dataloader"]
+    for name in dict.fromkeys(names):
         loader = cfg.get(name)
         if isinstance(loader, Mapping) and isinstance(loader.get("dataset"), Mapping):
             keys += [f"{k}.data_root" for k, _ in _leaf_datasets(loader["dataset"], f"{name}.dataset")]
@@ -113,7 +117,8 @@ def format_missing_message(missing: Sequence[Missing], cfg, tool: str, config_pa
     roots = list(dict.fromkeys(m.data_root for m in missing if m.data_root and m.path == m.data_root))
     lines.append("How to fix:")
     lines.append("  * point the config at your copy of the dataset:")
-    lines.append(f"      python {tool} {config_path} <args> --cfg-options "
+    extra = " CHECKPOINT" if tool.endswith("test.py") else ""
+    lines.append(f"      python {tool} {config_path}{extra} --cfg-options "
                  + " ".join(f"{k}=/path/to/dataset/" for k in keys))
     if roots:
         root = roots[0].rstrip("/")

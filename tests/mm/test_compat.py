@@ -33,3 +33,22 @@ def test_other_globals_are_refused(tmp_path):
     torch.save({"state_dict": {}, "x": NotAllowed()}, tmp_path / "bad.pth")
     with pytest.raises(RuntimeError, match="Refusing to unpickle .*NotAllowed"):
         load_runner_checkpoint(str(tmp_path / "bad.pth"))
+
+
+def test_checkpoint_saved_by_stock_mmengine_loads(tmp_path):
+    """HistoryBuffer pickled the stock way (with getattr(HistoryBuffer, 'min') references) still loads, and a
+    getattr on anything else is refused."""
+    import pickle
+    from mmengine.logging import HistoryBuffer
+    from effvit_plugins.mm import compat
+
+    buf = HistoryBuffer()
+    buf.update(3.0)
+    stock_state = dict(buf.__dict__, statistics_methods=dict(HistoryBuffer._statistics_methods))
+    buf.__getstate__ = lambda: stock_state  # instance override = mmengine's original pickling
+    torch.save({"message_hub": {"log_scalars": {"loss": buf}}}, tmp_path / "stock.pth")
+    assert "builtins.getattr" in torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp_path / "stock.pth"))
+    out = load_runner_checkpoint(str(tmp_path / "stock.pth"))
+    assert out["message_hub"]["log_scalars"]["loss"].current() == 3.0
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        compat._history_buffer_getattr(object, "__subclasses__")
