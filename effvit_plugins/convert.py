@@ -100,7 +100,9 @@ def load_backbone_weights(model: torch.nn.Module, path: str, family: str, prefix
         raise CheckpointError(
             f"None of the {len(sd)} tensors in {path!r} matches a parameter of {type(model).__name__} "
             f"(checkpoint keys like {list(sd)[:3]}, model keys like {list(own)[:3]}). Wrong file or wrong prefix?")
-    bad = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in matched if sd[k].shape != own[k].shape]
+    resampled = getattr(family_module(family), "RESAMPLED_ON_LOAD", ())
+    bad = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in matched
+           if sd[k].shape != own[k].shape and not k.endswith(resampled)]
     if bad:
         raise CheckpointError(f"Shape mismatch loading {path!r} (wrong variant?): " + "; ".join(bad[:5]))
     res = model.load_state_dict({k: sd[k] for k in matched}, strict=False)

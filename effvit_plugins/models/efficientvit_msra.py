@@ -80,6 +80,9 @@ ARCH_SETTINGS: Dict[str, dict] = {
 
 # Key fragments found only in official MSRA EfficientViT checkpoints (cascaded-group-attention layout).
 OFFICIAL_KEY_SIGNATURE = ("mixer.m.attn.qkvs.", "mixer.m.attn.dws.", "patch_embed.6.c.weight")
+# Tensors whose shape may legitimately differ from the model's: the attention layers resample them on load
+# (an ImageNet checkpoint built for 224 has a 4x4 stage-3 window; the dense-prediction backbone uses 7x7).
+RESAMPLED_ON_LOAD = ("attention_biases", "attention_bias_idxs")
 
 PATCH_STRIDE = 16
 

@@ -175,3 +175,27 @@ def test_training_loop_and_accuracy(tmp_path_factory, name):
     metrics = runner.val_loop.run()
     assert 0.0 <= metrics["accuracy/top1"] <= 100.0
     assert os.path.isfile(os.path.join(cfg.work_dir, "iter_32.pth"))
+
+
+@pytest.mark.parametrize("name,typ", [("efficientvit-msra-m0", "EfficientViTMSRA"), ("edgevit-xxs", "EdgeViT"),
+                                      ("efficientformer-l1", "EfficientFormerV1"),
+                                      ("efficientformerv2-s0", "EfficientFormerV2")])
+def test_dense_backbone_loads_official_imagenet_file(tmp_path, name, typ):
+    """init_cfg=Pretrained with the *original* official file (converted on load) into an mmdet backbone."""
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    init_default_scope("mmdet")
+    prefix, variant = split_name(name)
+    family, cls = FAMILY_OF[prefix]
+    core = cls(variant)
+    torch.save({"model": official_state_dict(family, core)}, tmp_path / "official.pth")
+    bb = MODELS.build(dict(type=typ, arch=variant, out_indices=(0, 1, 2, 3) if family != "efficientvit_msra"
+                           else (0, 1, 2), init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "official.pth"))))
+    bb.init_weights()
+    ref = {k[len("backbone."):]: v for k, v in core.state_dict().items() if k.startswith("backbone.")}
+    own = bb.state_dict()
+    same = [k for k in ref if k in own and own[k].shape == ref[k].shape]
+    assert len(same) >= 0.95 * len(ref)
+    assert all(torch.equal(own[k], ref[k]) for k in same)
+    outs = bb(torch.randn(1, 3, 256, 256))
+    assert all(torch.isfinite(o).all() for o in outs)

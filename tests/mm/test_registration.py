@@ -3,7 +3,12 @@ import subprocess
 import sys
 import textwrap
 
-OUR_NAMES = {"EfficientViTMIT": ("mmseg", "mmdet", "mmpretrain"), "EfficientViTMITSegHead": ("mmseg",)}
+DENSE = ("mmseg", "mmdet", "mmpretrain")
+OUR_NAMES = {"EfficientViTMIT": DENSE, "EfficientViTMSRA": DENSE, "EdgeViT": DENSE, "EfficientFormerV1": DENSE,
+             "EfficientFormerV2": DENSE, "EfficientViTMITSegHead": ("mmseg",),
+             "EfficientViTMITClsHead": ("mmpretrain",), "EfficientViTMSRAClsHead": ("mmpretrain",),
+             "EdgeViTClsHead": ("mmpretrain",), "EfficientFormerV1ClsHead": ("mmpretrain",),
+             "EfficientFormerV2ClsHead": ("mmpretrain",)}
 
 
 def run_py(code, cwd):
@@ -24,7 +29,10 @@ def test_names_do_not_clash_and_resolve_in_each_scope(repo_root):
         for name in ours:
             for lib, reg in regs.items():
                 assert reg.get(name) is None, (name, lib, 'clashes with an upstream name')
+        assert regs['mmpretrain'].get('EfficientFormer') is not None  # upstream name we must not shadow
+        upstream_ef = regs['mmpretrain'].get('EfficientFormer')
         import effvit_plugins
+        assert regs['mmpretrain'].get('EfficientFormer') is upstream_ef
         from mmengine.registry import DefaultScope
         for name, libs in ours.items():
             for lib in libs:
