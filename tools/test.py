@@ -82,21 +82,11 @@ def trigger_visualization_hook(cfg, args) -> None:
 def main(argv=None):
     args = parse_args(argv)
 
-    import effvit_plugins  # noqa: F401  (registers our modules, torch>=2.6 checkpoint loading)
-    from mmengine.config import Config
-
     from effvit_plugins.mm.data_check import check_data_or_exit
+    from effvit_plugins.mm.tools_common import load_config
 
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # work_dir: CLI > config > ./work_dirs/<config name>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir", None) is None:
-        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.cfg_options, launcher=args.launcher, work_dir=args.work_dir,
+                      set_work_dir=True)
 
     if "://" not in args.checkpoint and not osp.isfile(args.checkpoint):
         fail(f"checkpoint file not found: {args.checkpoint}"

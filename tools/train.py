@@ -14,7 +14,6 @@ latest checkpoint in work_dir (a specific file: --cfg-options load_from=FILE res
 import argparse
 import logging
 import os
-import os.path as osp
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -87,21 +86,11 @@ def runners_registry(cfg):
 def main(argv=None):
     args = parse_args(argv)
 
-    import effvit_plugins  # noqa: F401  (registers our modules, torch>=2.6 checkpoint loading)
-    from mmengine.config import Config
-
     from effvit_plugins.mm.data_check import check_data_or_exit, train_dataloaders
+    from effvit_plugins.mm.tools_common import load_config
 
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    # work_dir: CLI > config > ./work_dirs/<config name>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir", None) is None:
-        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.cfg_options, launcher=args.launcher, work_dir=args.work_dir,
+                      set_work_dir=True)
 
     if args.amp:
         enable_amp(cfg)

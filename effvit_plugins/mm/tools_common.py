@@ -3,16 +3,26 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-import torch
 
 
-def load_config(path: str, cfg_options: Optional[dict] = None):
+def load_config(path: str, cfg_options: Optional[dict] = None, launcher: Optional[str] = None,
+                work_dir: Optional[str] = None, set_work_dir: bool = False):
+    """Config.fromfile + ``--cfg-options`` (+ for train/test: launcher and work_dir = CLI > config >
+    ``./work_dirs/<config name>``, as mmseg's tools). Imports effvit_plugins first (registration, compat)."""
+    import os.path as osp
+
     import effvit_plugins  # noqa: F401  (register our modules before the config's custom_imports run)
     from mmengine.config import Config
 
     cfg = Config.fromfile(path)
+    if launcher is not None:
+        cfg.launcher = launcher
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif set_work_dir and cfg.get("work_dir", None) is None:
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(path))[0])
     return cfg
 
 

@@ -12,7 +12,6 @@ refer to it. The official dense-prediction head (SegHead) reads stages 2, 3, 4.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch

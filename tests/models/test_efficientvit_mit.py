@@ -52,7 +52,8 @@ def test_same_outputs_as_timm(arch, bn_randomizer):
     ours = EfficientViTMITClassifier(arch, attn_eps=ref_eps).eval()
     series = ARCH_SETTINGS[arch]["series"]
     mapped = {timm_to_ours(k, series): v for k, v in ref.state_dict().items()}
-    missing, unexpected = ours.load_state_dict(mapped, strict=True), None
+    res = ours.load_state_dict(mapped, strict=True)
+    assert not res.missing_keys and not res.unexpected_keys
     size = 160 if arch == "l3" else 224
     x = torch.randn(1 if arch == "l3" else 2, 3, size, size)
     with torch.no_grad():
