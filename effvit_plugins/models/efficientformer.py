@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .base import BackboneBase, check_in_channels, normalize_out_indices, resolve_arch
 from .layers import (DropPath, LinearMlp, cache_disabled, conv_with_folded_bn, drop_path_rates, relative_bias_index,
-                     resize_bias_map)
+                     resize_bias_map, use_channels_last)
 
 __all__ = [
     "ARCH_SETTINGS",
@@ -502,12 +502,15 @@ class EfficientFormerBackbone(BackboneBase):
         out_norm: add ``GroupNorm(1, C)`` on each returned map (``norm0/norm2/norm4/norm6``). ``None`` (default)
             follows the official dense-prediction code: on for V1, off for V2.
         img_size: input size the attention-bias tables are defined for (the ImageNet checkpoints use 224).
+        channels_last: run channels-last (outputs are returned contiguous NCHW); ``None`` = on CPU only, where it
+            is faster (e.g. L1 at 512x512: 217 -> 159 ms on 2 cores).
     """
 
     def __init__(self, arch="l1", in_channels: int = 3, out_indices=(0, 1, 2, 3), frozen_stages: int = -1,
                  norm_eval: bool = False, drop_path_rate: float = 0.0, layer_scale_init_value: float = 1e-5,
-                 out_norm: Optional[bool] = None, img_size: int = 224):
+                 out_norm: Optional[bool] = None, img_size: int = 224, channels_last: Optional[bool] = None):
         super().__init__()
+        self.channels_last = channels_last
         settings = resolve_arch(arch, ARCH_SETTINGS, _FAMILY)
         self.arch = arch if isinstance(arch, str) else "custom"
         self.version = int(settings.get("version", 1))
@@ -578,6 +581,8 @@ class EfficientFormerBackbone(BackboneBase):
 
     def forward(self, x: torch.Tensor):
         check_in_channels(x, self.in_channels, _FAMILY)
+        if use_channels_last(self.channels_last, x):
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.patch_embed(x)
         last = max(self.out_indices)
         feats = {}
@@ -590,7 +595,7 @@ class EfficientFormerBackbone(BackboneBase):
                 x = x.transpose(1, 2).reshape(B, C, H, W)
             if i in self.out_indices:
                 feats[i] = getattr(self, f"norm{2 * i}")(x) if self.out_norm else x
-        return tuple(feats[i] for i in self.out_indices)
+        return tuple(feats[i].contiguous() for i in self.out_indices)
 
 
 class EfficientFormerClsHead(nn.Module):

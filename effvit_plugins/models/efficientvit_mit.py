@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import autocast_off, conv_with_folded_bn, like_memory_format
+from .layers import autocast_off, conv_with_folded_bn, like_memory_format, use_channels_last
 from .base import BackboneBase, check_in_channels, normalize_out_indices, resolve_arch, set_norm_eps
 
 FAMILY = "EfficientViT-MIT"
@@ -370,9 +370,6 @@ class EfficientViTMITBackbone(BackboneBase):
             outs[i] = x
         return tuple(outs[i].contiguous() for i in self.out_indices)
 
-
-def use_channels_last(option: Optional[bool], x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu") if option is None else bool(option)
 
 
 # ---------------------------------------------------------------------------------------------------------------
