@@ -1,6 +1,6 @@
 # ImageNet-1k at 224 (mmpretrain ImageNet: data/imagenet/{train,val}, meta/{train,val}.txt or class folders).
-# Each model config sets its own ``test_pipeline`` (the official evaluation preprocessing of its family:
-# resize of the short side to 224 / crop_pct, interpolation, centre crop 224).
+# The model configs inherit one of imagenet_224_crop{0875,095,10}.py, which set the evaluation preprocessing of
+# their family (short side floor(224 / crop_pct), bicubic, centre crop 224); the default below is crop_pct 0.875.
 dataset_type = 'ImageNet'
 data_root = 'data/imagenet'
 data_preprocessor = dict(num_classes=1000, mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
