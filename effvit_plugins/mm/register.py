@@ -41,10 +41,36 @@ def _downstream_registries(names):
     return regs
 
 
+def _same_class(a, b) -> bool:
+    """Two class objects of the same definition (a module imported twice, e.g. by pytest's importlib mode)."""
+    return a is b or (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == (
+        getattr(b, "__module__", None), getattr(b, "__qualname__", None))
+
+
 def _register(cls, libs):
+    name = cls.__name__
     for reg in [OWN_MODELS] + _downstream_registries(libs):
-        if cls.__name__ not in reg.module_dict:
-            reg.register_module(module=cls)
+        existing = reg.module_dict.get(name)
+        if existing is not None and not _same_class(existing, cls):
+            raise KeyError(
+                f"effvit_plugins cannot register {name!r} in the {reg.scope}::{reg.name} registry: that name is "
+                f"already taken by {existing.__module__}.{existing.__qualname__}. Another package registers a "
+                f"model with the same name; import only one of them, or use ours through its scoped name "
+                f"type='effvit_plugins.{name}'.")
+        reg.register_module(module=cls, force=existing is not None)
+
+
+def register_model(*libs: str):
+    """Class decorator: register ``cls`` under its own name in our ``effvit_plugins`` scope and in the MODELS
+    registry of each installed library in ``libs`` (``'mmseg'``, ``'mmdet'``, ``'mmpretrain'``).
+
+    A name already taken by a different class is an error (never silently skipped)."""
+
+    def deco(cls):
+        _register(cls, libs)
+        return cls
+
+    return deco
 
 
 def _fixed(cls, name: str, **fixed):
@@ -81,6 +107,7 @@ def register_all_modules() -> None:
     ]
     for cls in backbones:
         _register(cls, dense)
+    from . import necks  # noqa: F401  (registers EfficientViTMSRAFPN in mmdet / mmseg)
     try:
         from .seg_heads import EfficientViTMITSegHead
     except ImportError:  # mmseg not installed
