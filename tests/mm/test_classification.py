@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config, model_complexity
-from effvit_plugins.models import edgevit, efficientformer, efficientvit_mit, efficientvit_msra
+from effvit_plugins.models import edgevit, efficientformer_v1, efficientformer_v2, efficientvit_mit, efficientvit_msra
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLS_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*_in1k.py")))
@@ -26,8 +26,8 @@ TARGETS = {
 FAMILY_OF = {"efficientvit-mit": ("efficientvit_mit", efficientvit_mit.EfficientViTMITClassifier),
              "efficientvit-msra": ("efficientvit_msra", efficientvit_msra.EfficientViTMSRAClassifier),
              "edgevit": ("edgevit", edgevit.EdgeViTClassifier),
-             "efficientformer": ("efficientformer", efficientformer.EfficientFormerClassifier),
-             "efficientformerv2": ("efficientformer", efficientformer.EfficientFormerClassifier)}
+             "efficientformer": ("efficientformer_v1", efficientformer_v1.EfficientFormerV1Classifier),
+             "efficientformerv2": ("efficientformer_v2", efficientformer_v2.EfficientFormerV2Classifier)}
 
 
 def model_name(path):
@@ -104,12 +104,11 @@ def test_official_checkpoint_converts_into_config(tmp_path, name, wrapper, bn_ra
 
 def test_checkpoint_of_another_family_is_named(tmp_path):
     from mmpretrain.registry import MODELS
-    torch.save({"model": efficientformer.EfficientFormerClassifier("l1").state_dict()}, tmp_path / "ef.pth")
-    official = official_state_dict("efficientformer", efficientformer.EfficientFormerClassifier("l1"))
+    official = official_state_dict("efficientformer_v1", efficientformer_v1.EfficientFormerV1Classifier("l1"))
     torch.save({"model": official}, tmp_path / "ef_official.pth")
     bb = MODELS.build(dict(type="EfficientViTMSRA", arch="m0",
                            init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "ef_official.pth"))))
-    with pytest.raises(Exception, match=r"looks like a EfficientFormer checkpoint, but the model is EfficientViT \(MSRA\)"):
+    with pytest.raises(Exception, match=r"looks like a EfficientFormer V1 checkpoint, but the model is EfficientViT \(MSRA\)"):
         bb.init_weights()
 
 
