@@ -98,8 +98,12 @@ def test_nccl_without_gpu_is_one_clear_error(tmp_path, load_tool, monkeypatch, c
     for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29511").items():
         monkeypatch.setenv(k, v)  # what torchrun sets
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # this machine without its GPU, if it has one
+    data = tmp_path / "data"  # a dataset, so that nothing else stops the run
+    generate_cityscapes_demo(str(data), num_train=1, num_val=1, seed=0, log=lambda *a: None)
     with pytest.raises(SystemExit) as e:
-        load_tool("train").main([DEMO_CONFIG, "--launcher", "pytorch", "--work-dir", str(tmp_path / "w")])
+        load_tool("train").main([DEMO_CONFIG, "--launcher", "pytorch", "--work-dir", str(tmp_path / "w"),
+                                 "--cfg-options", f"train_dataloader.dataset.data_root={data}/",
+                                 f"val_dataloader.dataset.data_root={data}/"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("error:") == 1, err
     assert "env_cfg.dist_cfg.backend='nccl' needs a GPU" in err
