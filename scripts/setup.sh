@@ -136,7 +136,10 @@ else
 fi
 
 STEP="effvit_plugins (editable)"
-if (cd / && "$PY" -c 'import effvit_plugins, os, sys; sys.exit(0 if os.path.dirname(effvit_plugins.__file__).startswith(sys.argv[1]) else 1)' "$ROOT") 2>/dev/null; then
+# where `import effvit_plugins` would load from (found, not imported: the final check imports it)
+if (cd / && "$PY" -c 'import importlib.util as u, os.path as p, sys; s = u.find_spec("effvit_plugins")
+sys.exit(0 if s and s.origin and p.dirname(p.dirname(p.realpath(s.origin))) == p.realpath(sys.argv[1]) else 1)' \
+     "$ROOT") 2>/dev/null; then
   say "effvit_plugins already installed in editable mode"
 else
   say "installing $STEP"

@@ -8,7 +8,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if "OMP_NUM_THREADS" not in os.environ:  # an explicit OMP_NUM_THREADS wins (e.g. 1 on a shared machine)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def randomize_bn_stats(model: torch.nn.Module, seed: int = 0) -> None:
