@@ -22,10 +22,11 @@ _LAYOUTS = {
     "ADE20KDataset": "images/{training,validation}/*.jpg + annotations/{training,validation}/*.png",
     "CocoDataset": "annotations/instances_{train,val}2017.json + {train,val}2017/*.jpg",
 }
-# dataset type -> (name, tools/generate_demo_data.py option, data_root of the demo set it writes)
+# dataset type -> (name, tools/generate_demo_data.py option, data_root of the demo set it writes, demo config)
 _DEMO_SETS = {
-    "CityscapesDataset": ("Cityscapes", "", "data/cityscapes_demo/"),
-    "ADE20KDataset": ("ADE20K", " --dataset ade20k", "data/ade_demo/ADEChallengeData2016/"),
+    "CityscapesDataset": ("Cityscapes", "", "data/cityscapes_demo/", DEMO_CONFIG),
+    "ADE20KDataset": ("ADE20K", " --dataset ade20k", "data/ade_demo/ADEChallengeData2016/",
+                      "configs/demo/fpn_edgevit-xxs_1xb4-200iter_ade20k-demo-64x64.py"),
 }
 
 
@@ -135,14 +136,15 @@ def format_missing_message(missing: Sequence[Missing], cfg, tool: str, config_pa
 
 
 def _demo_hint(dtype: str, tool: str, config_path: str, extra: str, keys: Sequence[str]) -> List[str]:
-    """How to generate the synthetic demo set of ``dtype`` and run the tool on it."""
-    name, option, root = _DEMO_SETS[dtype]
+    """How to generate the synthetic demo set of ``dtype`` and run on it."""
+    name, option, root, demo_config = _DEMO_SETS[dtype]
     lines = [f"  * or try the pipeline on the small synthetic {name}-layout demo set instead:",
-             f"      python tools/generate_demo_data.py{option}    # writes {root} in seconds"]
+             f"      python tools/generate_demo_data.py{option}    # writes {root} in seconds",
+             f"      python tools/train.py {demo_config}"]
     if dtype == "CityscapesDataset":
-        lines.append(f"      python tools/train.py {DEMO_CONFIG}")
         lines.append("    (`make demo` does both, then evaluates the trained model with tools/test.py)")
     else:
+        lines.append("    (a model sized for a CPU), or this config on the demo data:")
         lines.append(f"      python {tool} {config_path}{extra} --cfg-options "
                      + " ".join(f"{k}={root}" for k in keys))
     return lines

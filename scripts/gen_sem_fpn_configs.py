@@ -1,0 +1,170 @@
+"""Write the Semantic FPN configs (ADE20K 512x512 and Cityscapes) of EfficientFormer V1/V2, EdgeViT and
+EfficientViT-MSRA (run once; the configs are committed).
+
+Variants come from each family's ARCH_SETTINGS; the channels of the maps fed to the neck are read from the
+backbone itself (built on the meta device through the mmseg registry), not retyped here.
+"""
+import os
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# EfficientFormer's official dense backbones build "_seg" attention-bias tables for the segmentation resolution:
+# V1 the side of the stride-32 token grid, V2 the input size in pixels (segmentation/backbone*.py there).
+SEG_RESOLUTION = {"EfficientFormerV1": 16, "EfficientFormerV2": 512}
+NONE_PUBLISHED = {
+    "EfficientFormerV1": "none published in the official repo README (snap-research/EfficientFormer "
+                         "segmentation/README.md has no result table)",
+    "EfficientFormerV2": "none published in the official repo README (snap-research/EfficientFormer "
+                         "segmentation/README.md has no result table)",
+    "EdgeViT": "none published (saic-fi/edgevit has no segmentation code or results)",
+    "EfficientViTMSRA": "none published (microsoft/Cream EfficientViT has detection results only)",
+}
+OFFICIAL = "snap-research/EfficientFormer segmentation/configs/sem_fpn"
+SCHEDULE = ("AdamW lr 2e-4, weight decay 1e-4, poly decay (power 0.9, min lr {poly_min}), 40k iterations, "
+            "Semantic FPN as mmseg's fpn_r50")
+DATASETS = {
+    "ade20k": dict(base="ade20k_512x512_align32", name="8xb4-40k_ade20k-512x512", crop=(512, 512), classes=150,
+                   title="ADE20K 512x512",
+                   data="8 GPUs x 4 images, 512x512 crops; test at short side 512, sides resized to multiples of 32"),
+    "cityscapes": dict(base="cityscapes_512x1024", name="8xb2-40k_cityscapes-512x1024", crop=(512, 1024),
+                       classes=19, title="Cityscapes, evaluated on the full 1024x2048 images",
+                       data="mmseg's Cityscapes Semantic FPN data setting (fpn_r50_4xb2-80k_cityscapes-512x1024: "
+                            "512x1024 crops, full-size test) at 8 GPUs x 2 images, scaled as EfficientFormer scaled "
+                            "the ADE20K recipe (twice the GPUs, half the iterations)"),
+}
+
+
+PRETTY = {"efficientformer": "EfficientFormer", "efficientformerv2": "EfficientFormerV2", "edgevit": "EdgeViT",
+          "efficientvit-msra": "EfficientViT-MSRA"}
+
+
+def recipe(btype: str, official_name: str, dataset: str) -> str:
+    if btype.startswith("EfficientFormer") and dataset == "ade20k":
+        return f"the official one ({OFFICIAL}/fpn_{official_name}_ade20k_40k.py)"
+    why = ("there is no official Cityscapes recipe for any of these families" if dataset == "cityscapes"
+           else "this family has no official segmentation recipe")
+    return f"the EfficientFormer Semantic FPN recipe ({OFFICIAL}; {why})"
+
+
+def families():
+    """(registry type, config folder, config-name stem, variants, official ImageNet file pattern)."""
+    from effvit_plugins.models import edgevit, efficientformer, efficientvit_msra
+
+    ef = efficientformer.ARCH_SETTINGS
+    return [
+        ("EfficientFormerV1", "efficientformer", "efficientformer-{v}", [v for v in ef if ef[v]["version"] == 1],
+         "efficientformer_{v}_300d.pth"),
+        ("EfficientFormerV2", "efficientformer", "efficientformerv2-{v}", [v for v in ef if ef[v]["version"] == 2],
+         "eformer_{v}_450.pth"),
+        ("EdgeViT", "edgevit", "edgevit-{v}", list(edgevit.ARCH_SETTINGS), None),
+        ("EfficientViTMSRA", "efficientvit_msra", "efficientvit-msra-{v}", list(efficientvit_msra.ARCH_SETTINGS),
+         "efficientvit_{v}.pth"),
+    ]
+
+
+def backbone_maps(btype: str, arch: str):
+    """(out_indices, channels, strides) of every stage map of the backbone."""
+    import torch
+    from mmseg.registry import MODELS
+
+    import effvit_plugins  # noqa: F401  (registration)
+
+    with torch.device("meta"):
+        bb = MODELS.build(dict(type=btype, arch=arch))
+    n = bb.num_stages
+    return tuple(range(n)), list(bb.stage_channels), list(bb.stage_strides)
+
+
+def drop_path(btype: str, arch: str) -> float:
+    """The official dense backbones' stochastic depth (EfficientFormer: as ImageNet; others: 0)."""
+    if btype.startswith("EfficientFormer"):
+        from effvit_plugins.models.efficientformer import OFFICIAL_DROP_PATH
+
+        return OFFICIAL_DROP_PATH[arch]
+    return 0.0
+
+
+def config_name(stem: str, variant: str, dataset: str) -> str:
+    return f"fpn_{stem.format(v=variant)}_{DATASETS[dataset]['name']}.py"
+
+
+def render(btype, stem, variant, dataset, pretrained) -> str:
+    ds = DATASETS[dataset]
+    out_indices, channels, strides = backbone_maps(btype, variant)
+    family, _, var = stem.format(v=variant).rpartition("-")
+    pretty = f"{PRETTY[family]}-{var.upper()}"
+    poly_min = "1e-6" if btype == "EfficientFormerV2" else "0"
+    paragraphs = [
+        f"Semantic FPN + {pretty}, {ds['title']}. Published result: {NONE_PUBLISHED[btype]}.",
+        f"Recipe: {recipe(btype, stem.format(v=variant).replace('-', '_'), dataset)}: "
+        f"{SCHEDULE.format(poly_min=poly_min)}; {ds['data']}.",
+    ]
+    if min(strides) > 4:
+        paragraphs.append(f"The backbone's maps have strides {'/'.join(map(str, strides))}: EfficientViTMSRAFPN "
+                          f"(the official MSRA detection neck) adds stride-8 and stride-4 levels by transposed "
+                          f"convolutions, so FPNHead gets strides 4-{max(strides)}.")
+    if pretrained:
+        paragraphs.append(f"ImageNet init (the official file, converted on load): --cfg-options "
+                          f"model.backbone.init_cfg.type=Pretrained "
+                          f"model.backbone.init_cfg.checkpoint={pretrained.format(v=variant)}")
+    paragraphs.append("Generated by scripts/gen_sem_fpn_configs.py.")
+    lines = [textwrap.fill(p, width=118, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False,
+                           break_long_words=False) for p in paragraphs]
+    backbone = [f"type='{btype}'", f"arch='{variant}'", f"out_indices={out_indices}"]
+    dp = drop_path(btype, variant)
+    if dp:
+        backbone.append(f"drop_path_rate={dp}")
+    if btype in SEG_RESOLUTION:
+        backbone.append(f"seg_resolution={SEG_RESOLUTION[btype]}")
+    text = "\n".join(lines) + "\n" + f"""_base_ = [
+    '../_base_/models/sem-fpn.py',
+    '../_base_/datasets/{ds['base']}.py',
+    '../_base_/default_runtime.py',
+    '../_base_/schedules/adamw_poly_40k.py',
+]
+crop_size = {ds['crop']}
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(
+        {', '.join(backbone)}),
+"""
+    if min(strides) > 4:
+        extra = (min(strides) // 4).bit_length() - 1  # transposed convs down to stride 4
+        levels = len(strides) + extra
+        text += f"""    neck=dict(type='EfficientViTMSRAFPN', in_channels={channels}, num_outs={levels},
+              num_extra_trans_convs={extra}),
+    decode_head=dict(
+        in_channels={[256] * levels},
+        in_index={list(range(levels))},
+        feature_strides={[4 << i for i in range(levels)]},
+        num_classes={ds['classes']}))
+"""
+    else:
+        text += f"""    neck=dict(in_channels={channels}),
+    decode_head=dict(num_classes={ds['classes']}))
+"""
+    if poly_min != "0":
+        text += ("param_scheduler = [dict(type='PolyLR', eta_min=1e-6, power=0.9, begin=0, end=40000, "
+                 "by_epoch=False)]\n")
+    return text
+
+
+def main():
+    written = []
+    for btype, folder, stem, variants, pretrained in families():
+        os.makedirs(os.path.join(ROOT, "configs", folder), exist_ok=True)
+        for v in variants:
+            for dataset in DATASETS:
+                name = config_name(stem, v, dataset)
+                with open(os.path.join(ROOT, "configs", folder, name), "w") as f:
+                    f.write(render(btype, stem, v, dataset, pretrained))
+                written.append(os.path.join(folder, name))
+    print("\n".join(written))
+
+
+if __name__ == "__main__":
+    main()

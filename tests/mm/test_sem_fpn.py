@@ -1,0 +1,247 @@
+"""Semantic FPN configs of EfficientFormer V1/V2, EdgeViT and EfficientViT-MSRA (ADE20K 512x512, Cityscapes):
+generated from the cores, params/MACs = the core backbone + mmseg's FPN/FPNHead (no published figures exist to
+compare with), inference at odd sizes through mmseg's API, tiny trainings through tools/train.py and
+evaluation through tools/test.py on the ADE20K-layout demo set (one of them learns: mIoU clearly above an
+untrained model's)."""
+import glob
+import importlib.util
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config, model_complexity
+from effvit_plugins.utils.complexity import count_macs, count_params
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, "configs", "*", "fpn_*.py"))
+                 if osp.basename(osp.dirname(p)) != "demo")
+DEMO_CONFIG = osp.join(ROOT, "configs", "demo", "fpn_edgevit-xxs_1xb4-200iter_ade20k-demo-64x64.py")
+SMALLEST = {"EfficientFormerV1": "l1", "EfficientFormerV2": "s0", "EdgeViT": "xxs", "EfficientViTMSRA": "m0"}
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("gen_sem_fpn_configs",
+                                                  osp.join(ROOT, "scripts", "gen_sem_fpn_configs.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _cfg_of(btype, arch, dataset="ade20k"):
+    gen = _generator()
+    ((folder, stem),) = {(f, s) for t, f, s, _, _ in gen.families() if t == btype}
+    return osp.join(ROOT, "configs", folder, gen.config_name(stem, arch, dataset))
+
+
+def _core_backbone(backbone_cfg):
+    """The framework-free core of a registered backbone, with the config's arguments."""
+    from mmseg.registry import MODELS
+
+    cls = MODELS.get(backbone_cfg["type"])
+    core = next(c for c in cls.__mro__[1:] if c.__module__.startswith("effvit_plugins.models."))
+    return core(**{k: v for k, v in backbone_cfg.items() if k not in ("type", "init_cfg")})
+
+
+# ------------------------------------------------------------------------------------------------------------
+def test_one_generated_config_per_variant_and_dataset():
+    gen = _generator()
+    expected = {}
+    for btype, folder, stem, variants, pretrained in gen.families():
+        for v in variants:
+            for ds in gen.DATASETS:
+                expected[osp.join(ROOT, "configs", folder, gen.config_name(stem, v, ds))] = (btype, stem, v, ds,
+                                                                                            pretrained)
+    assert sorted(expected) == CONFIGS
+    assert len(CONFIGS) == 2 * (3 + 4 + 3 + 6)
+    for path, args in expected.items():
+        # OpenMMLab scheme: {algorithm}_{backbone}_{gpus}xb{batch}-{schedule}_{dataset}-{crop}.py
+        assert re.fullmatch(r"fpn_[a-z0-9-]+_8xb[24]-40k_(ade20k-512x512|cityscapes-512x1024)\.py",
+                            osp.basename(path))
+        with open(path) as f:
+            text = f.read()
+        assert text == gen.render(*args), f"{path} is stale: run scripts/gen_sem_fpn_configs.py"
+        header = text.split("_base_")[0]
+        assert "Published result: none published" in header and "Recipe:" in header
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[osp.basename(p)[4:-3] for p in CONFIGS])
+def test_params_and_macs_are_core_backbone_plus_mmseg_fpn(path):
+    """Whole segmentor = our core backbone + mmseg's FPN + FPNHead with the same channels (MSRA: + the two 2x2
+    transposed convs and their 3x3 output convs) in params; in MACs as tools/get_flops.py counts them too
+    (smallest variant of each family; the others differ only in the backbone)."""
+    from mmseg.models.decode_heads import FPNHead
+    from mmseg.models.necks import FPN
+
+    cfg = load_config(path)
+    shape = (512, 512) if "ade20k" in path else (1024, 2048)
+    with torch.device("meta"):
+        model = build_model_from_cfg(cfg, device="meta")
+        core = _core_backbone(cfg.model.backbone)
+    neck_cfg, head_cfg = dict(cfg.model.neck), dict(cfg.model.decode_head)
+    extra = neck_cfg.get("num_extra_trans_convs", 0)
+    with torch.device("meta"):
+        fpn = FPN(in_channels=neck_cfg["in_channels"], out_channels=256, num_outs=len(core.out_channels))
+        finer = nn.ModuleList([nn.ModuleList([nn.ConvTranspose2d(256, 256, 2, 2), nn.Conv2d(256, 256, 3, padding=1)])
+                               for _ in range(extra)])
+        head = FPNHead(**{k: v for k, v in head_cfg.items() if k not in ("type", "norm_cfg")},
+                       norm_cfg=dict(type="BN", requires_grad=True))
+    ref = nn.ModuleList([fpn, finer, head])
+    assert neck_cfg["in_channels"] == core.out_channels
+    assert count_params(model.backbone) == count_params(core) > 0
+    assert count_params(model) == count_params(core) + count_params(ref)
+    assert head_cfg["num_classes"] == (150 if "ade20k" in path else 19)
+    if extra:  # strides 4..64: every backbone level feeds the head
+        assert head_cfg["feature_strides"] == [4 << i for i in range(len(core.out_channels) + extra)]
+    if cfg.model.backbone.arch != SMALLEST[cfg.model.backbone.type]:
+        return
+
+    feats = [torch.empty(1, c, -(-shape[0] // s), -(-shape[1] // s), device="meta")
+             for c, s in zip(core.out_channels, core.out_strides)]
+
+    def neck_head(_m, _x):
+        outs = list(fpn(feats))
+        x = outs[0]
+        for up, conv in finer:
+            x = up(x)
+            outs.insert(0, conv(x))
+        return head(outs)
+
+    params, macs = model_complexity(model, shape)
+    assert params == count_params(model)
+    assert macs == count_macs(core, (1, 3) + shape) + count_macs(ref, (1,), forward=neck_head)
+
+
+def test_get_flops_cli_prints_the_same_figures(repo_root):
+    path = _cfg_of("EfficientViTMSRA", "m0")
+    r = subprocess.run([sys.executable, "tools/get_flops.py", path, "--shape", "512", "512"], cwd=repo_root,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    with torch.device("meta"):
+        model = build_model_from_cfg(load_config(path), device="meta")
+    params, macs = model_complexity(model, (512, 512))
+    assert f"Params: {params / 1e6:.3f} M ({params})" in r.stdout and f"MACs: {macs / 1e9:.3f} G ({macs})" in r.stdout
+
+
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("btype", sorted(SMALLEST))
+def test_inference_api_at_odd_sizes(btype, tmp_path):
+    """mmseg.apis.init_model/inference_model with the config's own test pipeline and at the native size."""
+    from mmseg.apis import inference_model, init_model
+
+    cfg = load_config(_cfg_of(btype, SMALLEST[btype]))
+    torch.manual_seed(0)
+    seg = init_model(cfg, None, device="cpu")
+    native = cfg.copy()
+    native.test_pipeline = [dict(type="LoadImageFromFile"), dict(type="PackSegInputs")]
+    seg_native = init_model(native, None, device="cpu")
+    seg_native.load_state_dict(seg.state_dict())
+    rng = np.random.default_rng(0)
+    for h, w in [(97, 131), (512, 512)]:
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        for model in (seg, seg_native):
+            res = inference_model(model, img)
+            assert tuple(res.pred_sem_seg.data.shape) == (1, h, w)
+            assert tuple(res.seg_logits.data.shape) == (150, h, w)
+            assert torch.isfinite(res.seg_logits.data).all()
+        with torch.no_grad():  # the network itself at the odd size: stride-4 logits
+            x = torch.randn(1, 3, h, w)
+            out = seg_native(x, mode="tensor")
+        expect = (-(-h // 4), -(-w // 4)) if btype != "EfficientViTMSRA" else (4 * -(-h // 16), 4 * -(-w // 16))
+        assert tuple(out.shape) == (1, 150) + expect
+
+
+# ------------------------------------------------------------------------------------------------------------
+def _tool(name):
+    """tools/<name>.py as a module: its main(argv) is the command line, run in this process (one import of
+    torch/mmseg for all the runs below instead of one per subprocess)."""
+    spec = importlib.util.spec_from_file_location(f"_effvit_tool_{name}", osp.join(ROOT, "tools", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def ade_demo(tmp_path_factory):
+    from effvit_plugins.datasets import generate_ade20k_demo
+
+    out = tmp_path_factory.mktemp("ade_demo")
+    return generate_ade20k_demo(str(out), num_train=16, num_val=6, seed=0, log=lambda *a: None)["data_root"]
+
+
+def demo_config_for(family_config, tmp_path):
+    """The ADE20K demo config's settings on top of another family's ADE20K config."""
+    with open(DEMO_CONFIG) as f:
+        text = f.read()
+    text, n = re.subn(r"^_base_ = \[.*?\]$", f"_base_ = [{family_config!r}]", text, flags=re.M)
+    assert n == 1
+    path = tmp_path / ("demo_" + osp.basename(family_config))
+    path.write_text(text)
+    return str(path)
+
+
+def train_and_test(config, data_root, work, iters, capsys, train_opts=(), num_test=None):
+    """tools/train.py for ``iters`` iterations (no validation), then tools/test.py on its checkpoint: the mIoU
+    tools/test.py prints."""
+    roots = [f"{s}_dataloader.dataset.data_root={data_root}/" for s in ("train", "val", "test")]
+    _tool("train").main([config, "--work-dir", str(work), "--cfg-options", *roots, f"train_cfg.max_iters={iters}",
+                         "train_cfg.val_interval=1000000", f"default_hooks.checkpoint.interval={iters}",
+                         *train_opts])
+    ckpt = work / f"iter_{iters}.pth"
+    assert ckpt.is_file() and (work / "last_checkpoint").read_text().strip().endswith(ckpt.name)
+    capsys.readouterr()
+    _tool("test").main([config, str(ckpt), "--work-dir", str(work / "test"), "--cfg-options", *roots]
+                       + ([f"test_dataloader.dataset.indices={num_test}"] if num_test else []))
+    out = capsys.readouterr().out
+    m = re.search(r"^mIoU: (\d+\.\d\d)$", out, re.M)
+    assert m, out[-2000:]
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("btype", ["EfficientFormerV1", "EfficientFormerV2", "EfficientViTMSRA"])
+def test_tiny_training_and_evaluation(btype, ade_demo, tmp_path, capsys):
+    """Each family's ADE20K config trains through tools/train.py and evaluates through tools/test.py."""
+    cfg = demo_config_for(_cfg_of(btype, SMALLEST[btype]), tmp_path)
+    miou = train_and_test(cfg, ade_demo, tmp_path, 2, capsys, ["train_dataloader.batch_size=2"], num_test=2)
+    assert 0.0 <= miou <= 100.0
+
+
+def constant_prediction_miou(data_root):
+    """mIoU (as mmseg's IoUMetric, over the classes present) of the best constant prediction on the val set:
+    the chance level a trained model must beat."""
+    from PIL import Image
+
+    counts = np.zeros(256, np.int64)
+    for p in glob.glob(osp.join(data_root, "annotations", "validation", "*.png")):
+        counts += np.bincount(np.asarray(Image.open(p)).ravel(), minlength=256)
+    counts = counts[1:151]  # reduce_zero_label: 0 is ignored
+    return 100.0 * counts.max() / counts.sum() / np.count_nonzero(counts)
+
+
+def test_demo_config_learns(ade_demo, tmp_path, capsys):
+    """The ADE20K demo config (EdgeViT-XXS) learns the demo scenes in 20 iterations: its mIoU is many times the
+    best constant prediction's."""
+    chance = constant_prediction_miou(ade_demo)
+    assert 1.0 < chance < 8.0
+    miou = train_and_test(DEMO_CONFIG, ade_demo, tmp_path, 20, capsys)
+    assert miou > max(25.0, 5 * chance), (miou, chance)
+
+
+def test_missing_ade20k_is_one_clear_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    with pytest.raises(SystemExit) as e:
+        _tool("train").main([_cfg_of("EdgeViT", "xxs")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    for needle in ("missing data_root 'data/ade/ADEChallengeData2016'", "ADE20KDataset",
+                   "expected layout under data_root: images/{training,validation}/*.jpg",
+                   "train_dataloader.dataset.data_root=/path/to/dataset/", "ln -s /path/to/dataset data/ade/",
+                   "python tools/generate_demo_data.py --dataset ade20k", osp.relpath(DEMO_CONFIG, ROOT)):
+        assert needle in err, err
+    assert not (tmp_path / "work_dirs").exists()  # nothing built
