@@ -15,7 +15,6 @@ crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
 model = dict(
     data_preprocessor=data_preprocessor,
-    backbone=dict(
-        type='EdgeViT', arch='xxs', out_indices=(0, 1, 2, 3)),
+    backbone=dict(type='EdgeViT', arch='xxs', out_indices=(0, 1, 2, 3)),
     neck=dict(in_channels=[36, 72, 144, 288]),
     decode_head=dict(num_classes=150))

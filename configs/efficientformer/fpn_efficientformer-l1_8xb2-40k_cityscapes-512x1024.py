@@ -18,7 +18,6 @@ crop_size = (512, 1024)
 data_preprocessor = dict(size=crop_size)
 model = dict(
     data_preprocessor=data_preprocessor,
-    backbone=dict(
-        type='EfficientFormerV1', arch='l1', out_indices=(0, 1, 2, 3), seg_resolution=16),
+    backbone=dict(type='EfficientFormerV1', arch='l1', out_indices=(0, 1, 2, 3), seg_resolution=16),
     neck=dict(in_channels=[48, 96, 224, 448]),
     decode_head=dict(num_classes=19))

@@ -17,8 +17,7 @@ crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
 model = dict(
     data_preprocessor=data_preprocessor,
-    backbone=dict(
-        type='EfficientFormerV2', arch='s0', out_indices=(0, 1, 2, 3), seg_resolution=512),
+    backbone=dict(type='EfficientFormerV2', arch='s0', out_indices=(0, 1, 2, 3), seg_resolution=512),
     neck=dict(in_channels=[32, 48, 96, 176]),
     decode_head=dict(num_classes=150))
 param_scheduler = [dict(type='PolyLR', eta_min=1e-6, power=0.9, begin=0, end=40000, by_epoch=False)]

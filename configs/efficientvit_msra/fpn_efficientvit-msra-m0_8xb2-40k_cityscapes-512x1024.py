@@ -20,8 +20,7 @@ crop_size = (512, 1024)
 data_preprocessor = dict(size=crop_size)
 model = dict(
     data_preprocessor=data_preprocessor,
-    backbone=dict(
-        type='EfficientViTMSRA', arch='m0', out_indices=(0, 1, 2)),
+    backbone=dict(type='EfficientViTMSRA', arch='m0', out_indices=(0, 1, 2)),
     neck=dict(type='EfficientViTMSRAFPN', in_channels=[64, 128, 192], num_outs=5,
               num_extra_trans_convs=2),
     decode_head=dict(
