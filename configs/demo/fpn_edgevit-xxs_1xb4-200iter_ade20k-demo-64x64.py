@@ -3,8 +3,9 @@
 # The full ADE20K config scaled down for a CPU: same model and 150 classes, pipelines at 1/4 of the ADE20K scale
 # (random rescale 0.75-1.5 of short side 128, 64x64 crops, flip; test at short side 128, sides resized to multiples
 # of 32), batch 4 on one device, the EfficientFormer recipe's AdamW at 10x the lr with a 10-iteration warm-up, poly
-# decay over 200 iterations, validation and the checkpoint at the end. From scratch (no ImageNet weights): mIoU
-# over the drawn classes climbs from ~3 (one class everywhere) to ~40 within 20 iterations and ~60 by 120.
+# decay over 200 iterations, validation and the checkpoint at the end. From scratch (no ImageNet weights), seed 0, on
+# the 20 demo val images: 38.8 mIoU after 20 iterations, 56.2 after 100, 64.1 at the end (mean over the 10 classes
+# the generator draws; the best constant prediction: 2.3); about 1 s/iter on 2 busy CPU cores (~4 min with validation).
 #   python tools/generate_demo_data.py --dataset ade20k
 #   python tools/train.py configs/demo/fpn_edgevit-xxs_1xb4-200iter_ade20k-demo-64x64.py
 _base_ = ['../edgevit/fpn_edgevit-xxs_8xb4-40k_ade20k-512x512.py']
