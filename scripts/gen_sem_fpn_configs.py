@@ -54,13 +54,12 @@ def recipe(btype: str, official_name: str, dataset: str) -> str:
 
 def families():
     """(registry type, config folder, config-name stem, variants, official ImageNet file pattern)."""
-    from effvit_plugins.models import edgevit, efficientformer, efficientvit_msra
+    from effvit_plugins.models import edgevit, efficientformer_v1, efficientformer_v2, efficientvit_msra
 
-    ef = efficientformer.ARCH_SETTINGS
     return [
-        ("EfficientFormerV1", "efficientformer", "efficientformer-{v}", [v for v in ef if ef[v]["version"] == 1],
+        ("EfficientFormerV1", "efficientformer", "efficientformer-{v}", list(efficientformer_v1.ARCH_SETTINGS),
          "efficientformer_{v}_300d.pth"),
-        ("EfficientFormerV2", "efficientformer", "efficientformerv2-{v}", [v for v in ef if ef[v]["version"] == 2],
+        ("EfficientFormerV2", "efficientformer", "efficientformerv2-{v}", list(efficientformer_v2.ARCH_SETTINGS),
          "eformer_{v}_450.pth"),
         ("EdgeViT", "edgevit", "edgevit-{v}", list(edgevit.ARCH_SETTINGS), None),
         ("EfficientViTMSRA", "efficientvit_msra", "efficientvit-msra-{v}", list(efficientvit_msra.ARCH_SETTINGS),
@@ -83,9 +82,10 @@ def backbone_maps(btype: str, arch: str):
 
 
 def drop_path(btype: str, arch: str) -> float:
-    """The official dense backbones' stochastic depth (EfficientFormer: as ImageNet; others: 0)."""
-    if btype.startswith("EfficientFormer"):
-        from effvit_plugins.models.efficientformer import OFFICIAL_DROP_PATH
+    """The official dense backbones' stochastic depth: EfficientFormerV2 as its ImageNet recipe (segmentation/
+    backbonev2.py), 0 elsewhere (EfficientFormer V1's dense backbones; no official dense model for the others)."""
+    if btype == "EfficientFormerV2":
+        from effvit_plugins.models.efficientformer_v2 import OFFICIAL_DROP_PATH
 
         return OFFICIAL_DROP_PATH[arch]
     return 0.0
