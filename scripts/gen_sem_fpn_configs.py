@@ -29,17 +29,14 @@ OFFICIAL = "snap-research/EfficientFormer segmentation/configs/sem_fpn"
 SCHEDULE = ("AdamW lr 2e-4, weight decay 1e-4, poly decay (power 0.9, min lr {poly_min}), 40k iterations, "
             "Semantic FPN as mmseg's fpn_r50")
 DATASETS = {
-    "ade20k": dict(base="ade20k_512x512_align32", name="8xb4-40k_ade20k-512x512", crop=(512, 512), classes=150,
-                   title="ADE20K 512x512",
+    "ade20k": dict(name="8xb4-40k_ade20k-512x512", title="ADE20K 512x512",
                    data="8 GPUs x 4 images, 512x512 crops; test at short side 512, sides resized to multiples of 32"),
-    "cityscapes": dict(base="cityscapes_512x1024", name="8xb2-40k_cityscapes-512x1024", crop=(512, 1024),
-                       classes=19, title="Cityscapes, evaluated on the full 1024x2048 images",
+    "cityscapes": dict(name="8xb2-40k_cityscapes-512x1024",
+                       title="Cityscapes, evaluated on the full 1024x2048 images",
                        data="mmseg's Cityscapes Semantic FPN data setting (fpn_r50_4xb2-80k_cityscapes-512x1024: "
                             "512x1024 crops, full-size test) at 8 GPUs x 2 images, scaled as EfficientFormer scaled "
                             "the ADE20K recipe (twice the GPUs, half the iterations)"),
 }
-
-
 PRETTY = {"efficientformer": "EfficientFormer", "efficientformerv2": "EfficientFormerV2", "edgevit": "EdgeViT",
           "efficientvit-msra": "EfficientViT-MSRA"}
 
@@ -137,16 +134,8 @@ model = dict(backbone=dict({', '.join(backbone)}), neck=dict(in_channels={channe
         backbone.append(f"drop_path_rate={dp}")
     if btype in SEG_RESOLUTION:
         backbone.append(f"seg_resolution={SEG_RESOLUTION[btype]}")
-    text += f"""_base_ = [
-    '../_base_/models/sem-fpn.py',
-    '../_base_/datasets/{ds['base']}.py',
-    '../_base_/default_runtime.py',
-    '../_base_/schedules/adamw_poly_40k.py',
-]
-crop_size = {ds['crop']}
-data_preprocessor = dict(size=crop_size)
+    text += f"""_base_ = ['../_base_/sem-fpn_{ds['name']}.py']
 model = dict(
-    data_preprocessor=data_preprocessor,
     backbone=dict({', '.join(backbone)}),
 """
     if min(strides) > 4:
@@ -155,14 +144,11 @@ model = dict(
         text += f"""    neck=dict(type='EfficientViTMSRAFPN', in_channels={channels}, num_outs={levels},
               num_extra_trans_convs={extra}),
     decode_head=dict(
-        in_channels={[256] * levels},
-        in_index={list(range(levels))},
-        feature_strides={[4 << i for i in range(levels)]},
-        num_classes={ds['classes']}))
+        in_channels={[256] * levels}, in_index={list(range(levels))},
+        feature_strides={[4 << i for i in range(levels)]}))
 """
     else:
-        text += f"""    neck=dict(in_channels={channels}),
-    decode_head=dict(num_classes={ds['classes']}))
+        text += f"""    neck=dict(in_channels={channels}))
 """
     if btype == "EfficientFormerV2":
         text += ("param_scheduler = [dict(type='PolyLR', eta_min=1e-6, power=0.9, begin=0, end=40000, "
