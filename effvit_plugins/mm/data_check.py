@@ -22,6 +22,12 @@ _LAYOUTS = {
     "ADE20KDataset": "images/{training,validation}/*.jpg + annotations/{training,validation}/*.png",
     "CocoDataset": "annotations/instances_{train,val}2017.json + {train,val}2017/*.jpg",
 }
+# dataset type -> (name, tools/generate_demo_data.py option, data_root of the demo set it writes, demo config)
+_DEMO_SETS = {
+    "CityscapesDataset": ("Cityscapes", "", "data/cityscapes_demo/", DEMO_CONFIG),
+    "ADE20KDataset": ("ADE20K", " --dataset ade20k", "data/ade_demo/ADEChallengeData2016/",
+                      "configs/demo/fpn_edgevit-xxs_1xb4-200iter_ade20k-demo-64x64.py"),
+}
 
 
 class Missing(NamedTuple):
@@ -124,11 +130,24 @@ def format_missing_message(missing: Sequence[Missing], cfg, tool: str, config_pa
         root = roots[0].rstrip("/")
         mk = f"mkdir -p {osp.dirname(root)} && " if osp.dirname(root) and not osp.isdir(osp.dirname(root)) else ""
         lines.append(f"  * or link it to where the config looks:  {mk}ln -s /path/to/dataset {root}")
-    lines.append("  * or try the pipeline on the small synthetic Cityscapes-layout demo set instead:")
-    lines.append("      python tools/generate_demo_data.py    # writes data/cityscapes_demo/ in seconds")
-    lines.append(f"      python tools/train.py {DEMO_CONFIG}")
-    lines.append("    (`make demo` does both, then evaluates the trained model with tools/test.py)")
+    dtype = next((m.dtype for m in missing if m.dtype in _DEMO_SETS), "CityscapesDataset")
+    lines += _demo_hint(dtype, tool, config_path, extra, keys)
     return "\n".join(lines)
+
+
+def _demo_hint(dtype: str, tool: str, config_path: str, extra: str, keys: Sequence[str]) -> List[str]:
+    """How to generate the synthetic demo set of ``dtype`` and run on it."""
+    name, option, root, demo_config = _DEMO_SETS[dtype]
+    lines = [f"  * or try the pipeline on the small synthetic {name}-layout demo set instead:",
+             f"      python tools/generate_demo_data.py{option}    # writes {root} in seconds",
+             f"      python tools/train.py {demo_config}"]
+    if dtype == "CityscapesDataset":
+        lines.append("    (`make demo` does both, then evaluates the trained model with tools/test.py)")
+    else:
+        lines.append("    (a model sized for a CPU), or this config on the demo data:")
+        lines.append(f"      python {tool} {config_path}{extra} --cfg-options "
+                     + " ".join(f"{k}={root}" for k in keys))
+    return lines
 
 
 def check_data_or_exit(cfg, dataloaders: Sequence[str], tool: str, config_path: str, exit_code: int = 2) -> None:
