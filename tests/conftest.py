@@ -2,8 +2,13 @@ import os
 import re
 import sys
 
-import pytest
-import torch
+# OpenMP threads sleep instead of spinning when idle: the tests run tools in subprocesses next to this process,
+# and on a 2-core machine spinning threads of one process make the other's forward passes many times slower.
+# (Set before torch starts its OpenMP runtime; subprocesses inherit it.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
