@@ -23,9 +23,10 @@ from effvit_plugins.models.efficientvit_mit import (ARCH_SETTINGS, EfficientViTM
 
 CLASSIFIERS = [a for a, s in ARCH_SETTINGS.items() if s["head_widths"] is not None]  # L0 has no ImageNet model
 
-# Parameters of the ImageNet models as published (applications/efficientvit_cls/README.md, architectures.md §1.4),
-# asserted within their rounding; the exact count is timm's. MACs at 224: our measurement of the official code (§1.4;
-# the README's rounded 0.52 / 1.6 / 4.0 / 5.3 / 6.9 / 28G agree).
+# Parameters of the ImageNet models as published (applications/efficientvit_cls/README.md, architectures.md §1.4;
+# B0 is not in the README: its 3.4M is our measurement of the official code, rounded alike), asserted within their
+# rounding; the exact count is timm's. MACs at 224: our measurement of the official code (§1.4; the README's rounded
+# 0.52 / 1.6 / 4.0 / 5.3 / 6.9 / 28G agree).
 README_PARAMS = {"b0": "3.4M", "b1": "9.1M", "b2": "24M", "b3": "49M", "l1": "53M", "l2": "64M", "l3": "246M"}
 OFFICIAL_MACS_224 = {"b0": "0.100G", "b1": "0.519G", "b2": "1.585G", "b3": "3.954G", "l1": "5.258G", "l2": "6.950G",
                      "l3": "27.59G"}

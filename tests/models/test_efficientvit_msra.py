@@ -36,10 +36,11 @@ VARIANTS = list(ARCH_SETTINGS)
 HEAD_ROOTS = ("head_dist",)
 
 # README (Cream EfficientViT/classification, architectures.md §2.2): Params 2.3 / 3.0 / 4.2 / 6.9 / 8.8 / 12.4M,
-# FLOPs 79 / 167 / 201 / 263 / 299 / 522M. The README's parameter figures are those of the inference model with BN
-# folded (every conv+BN becomes a conv with bias, the BN+Linear head a Linear): the model as trained has 12.47M
-# for M5 (measured from the official code and timm's count, exact below), which rounds to 12.5M. Asserted within
-# the rounding of the published figures (0.05M; FLOPs, which are MACs here: 0.5M).
+# FLOPs 79 / 167 / 201 / 263 / 299 / 522M, asserted within their rounding (0.05M; FLOPs, which are MACs here: 0.5M).
+# The model as trained has 12.47M parameters for M5 (our measurement of the official code; timm's count, exact
+# below), which rounds to 12.5M, not 12.4M; all six README figures agree with the count of the inference model with
+# BN folded (every conv+BN a conv with bias, the BN+Linear head a Linear), so that is the count compared with them.
+# (Our reading: the repository does not say how it counted.)
 README_PARAMS = {"m0": "2.3M", "m1": "3.0M", "m2": "4.2M", "m3": "6.9M", "m4": "8.8M", "m5": "12.4M"}
 README_MACS = {"m0": "79M", "m1": "167M", "m2": "201M", "m3": "263M", "m4": "299M", "m5": "522M"}
 
