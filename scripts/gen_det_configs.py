@@ -324,8 +324,16 @@ def configs() -> Dict[str, dict]:
     return out
 
 
-def table(cfgs: Dict[str, dict]) -> str:
-    lines = ["| backbone | RetinaNet 1x COCO | Mask R-CNN 1x COCO | Mask R-CNN 1x LVIS v1 |", "|---|---|---|---|"]
+def table(cfgs: Dict[str, dict], complexity: bool = True) -> str:
+    """The README table: every config with its published result, and backbone + neck params / MACs at 800x1333
+    (counted by tools/get_flops.py on the meta device)."""
+    import importlib.util
+
+    from mmengine.config import Config
+
+    spec = importlib.util.spec_from_file_location("_get_flops", os.path.join(ROOT, "tools", "get_flops.py"))
+    get_flops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(get_flops)
     rows: Dict[tuple, dict] = {}
     for rel, c in cfgs.items():
         if c.get("demo"):
@@ -337,9 +345,14 @@ def table(cfgs: Dict[str, dict]) -> str:
             return "—"
         rel, c = entry
         pub = c["published"]
-        short = pub.split(" (")[0] if not pub.startswith("none") else "none published"
-        return f"[`{os.path.basename(rel)}`]({rel}) — {short}"
+        short = pub.split(" (")[0].split(",")[0] if not pub.startswith("none") else "none published"
+        text = f"[`{os.path.basename(rel)}`]({rel})<br>{short}"
+        if complexity:
+            r = get_flops.detector_complexity(Config.fromfile(os.path.join(ROOT, rel)), (800, 1333))
+            text += f"<br>{r['params'] / 1e6:.1f}M / {r['macs'] / 1e9:.1f}G"
+        return text
 
+    lines = ["| backbone | RetinaNet 1x, COCO | Mask R-CNN 1x, COCO | Mask R-CNN 1x, LVIS v1 |", "|---|---|---|---|"]
     for (title, v), cells in rows.items():
         lines.append(f"| {title} {v.upper()} | {cell(cells.get(('retinanet', 'coco')))} | "
                      f"{cell(cells.get(('mask-rcnn', 'coco')))} | {cell(cells.get(('mask-rcnn', 'lvis')))} |")
@@ -348,12 +361,14 @@ def table(cfgs: Dict[str, dict]) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--table", action="store_true", help="print the README table instead of writing configs")
+    p.add_argument("--table", action="store_true", help="print the README table instead of writing configs "
+                   "(with backbone + neck params / MACs at 800x1333 unless --no-complexity)")
+    p.add_argument("--no-complexity", action="store_true", help="--table without the params / MACs")
     p.add_argument("--check", action="store_true", help="only compare with the committed configs")
     args = p.parse_args(argv)
     cfgs = configs()
     if args.table:
-        print(table(cfgs))
+        print(table(cfgs, complexity=not args.no_complexity))
         return 0
     stale = []
     for rel, c in cfgs.items():

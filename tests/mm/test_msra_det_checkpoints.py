@@ -159,7 +159,7 @@ def test_tools_test_reads_official_checkpoint(ckpt, tmp_path):
 
     detector, path, _ = ckpt
     data = str(tmp_path / "coco") + "/"
-    generate_coco_demo(data, num_train=1, num_val=2, log=lambda *a: None)
+    generate_coco_demo(data, num_train=1, num_val=1, log=lambda *a: None)
     opts = [f"test_dataloader.dataset.data_root={data}", f"test_evaluator.ann_file={data}annotations/"
             "instances_val2017.json", "test_dataloader.num_workers=0", "test_dataloader.persistent_workers=False"]
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
