@@ -8,7 +8,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from effvit_plugins.models import edgevit, efficientformer, efficientvit_mit, efficientvit_msra  # noqa: E402
+from effvit_plugins.models import (edgevit, efficientformer_v1, efficientformer_v2, efficientvit_mit,  # noqa: E402
+                                   efficientvit_msra)
 
 TEMPLATE = """# {title} ImageNet-1k classifier at 224 (official head). Official top-1: {top1}.
 # Evaluation preprocessing as the official model: crop_pct {crop_pct} (see the dataset base).
@@ -55,16 +56,19 @@ def rows():
                dict(type="EdgeViTClsHead", in_channels=a["embed_dims"][-1], num_classes=1000), 0.875)
     top1 = {"l1": "79.2", "l3": "82.4", "l7": "83.3", "s0": "76.2 (450 ep)", "s1": "79.7 (450 ep)",
             "s2": "82.0 (450 ep)", "l": "83.5 (450 ep)"}
-    for v, a in efficientformer.ARCH_SETTINGS.items():
-        ver = a["version"]
-        name = f"efficientformer-{v}" if ver == 1 else f"efficientformerv2-{v}"
-        bb = dict(type=f"EfficientFormerV{ver}", arch=v, out_indices=(3,), out_norm=False)
-        if efficientformer.OFFICIAL_DROP_PATH.get(v):
-            bb["drop_path_rate"] = efficientformer.OFFICIAL_DROP_PATH[v]
-        yield ("efficientformer", f"{name}_8xb128_in1k.py",
-               f"EfficientFormer{'' if ver == 1 else 'V2'} {v.upper()} (with distillation head)", top1[v], bb,
-               dict(type=f"EfficientFormerV{ver}ClsHead", in_channels=a["embed_dims"][-1], num_classes=1000,
-                    distillation=True), 0.95)
+    drop_path = efficientformer_v2.OFFICIAL_DROP_PATH
+    for ver, mod in ((1, efficientformer_v1), (2, efficientformer_v2)):
+        for v, a in mod.ARCH_SETTINGS.items():
+            name = f"efficientformer-{v}" if ver == 1 else f"efficientformerv2-{v}"
+            bb = dict(type=f"EfficientFormerV{ver}", arch=v, out_indices=(3,))
+            if ver == 1:
+                bb["out_norm"] = False  # the classifier has its own final norm
+            if drop_path.get(v) and ver == 2:
+                bb["drop_path_rate"] = drop_path[v]
+            yield ("efficientformer", f"{name}_8xb128_in1k.py",
+                   f"EfficientFormer{'' if ver == 1 else 'V2'} {v.upper()} (with distillation head)", top1[v], bb,
+                   dict(type=f"EfficientFormerV{ver}ClsHead", in_channels=a["embed_dims"][-1], num_classes=1000,
+                        distillation=True), 0.95)
 
 
 def main():

@@ -4,7 +4,11 @@
 #   * installs torch===2.13.0 / torchvision===0.28.0 (the registry's standard builds)
 #   * builds mmcv 2.1.0 from source WITH its ops (C++20 flag for torch>=2.13), caches the wheel
 #   * installs mmengine / mmdet / mmseg / mmpretrain and the test stack, then this project (editable)
-#   * verifies that mmcv.ops loads (a wrong build silently installs mmcv without ops)
+#   * builds Detectron2 from source (it publishes no wheels for current torch), caches the wheel like mmcv's
+#   * verifies that mmcv.ops and detectron2._C load (a wrong build silently installs them without ops)
+# Environment: EFFVIT_VENV (default .venv), EFFVIT_CACHE (wheel cache, default ~/.cache/effvit_plugins),
+# DETECTRON2_SRC (a Detectron2 source: directory, archive or pip URL; default: the pinned archive in
+# EFFVIT_THIRD_PARTY, default ../shared/third_party, else the official git repository), MAX_JOBS (compile jobs).
 # Idempotent: every step is skipped when its check already passes, so a second run takes seconds.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
@@ -75,7 +79,10 @@ else
 fi
 
 STEP="OpenMMLab stack + test tools (requirements.txt)"
-if "$PY" -c 'import mmengine, mmdet, mmseg, mmpretrain, timm, pycocotools, lvis, cityscapesscripts, ftfy, regex, pytest' 2>/dev/null \
+# present (found, not imported: the final check imports the libraries) and consistent (pip check)
+if "$PY" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))' \
+     mmengine mmdet mmseg mmpretrain timm pycocotools lvis cityscapesscripts ftfy regex pytest \
+     fvcore iopath omegaconf hydra yacs tabulate cloudpickle termcolor tqdm matplotlib tensorboard black \
    && "$PY" -m pip check >/dev/null 2>&1; then
   say "requirements already satisfied"
 else
@@ -83,21 +90,71 @@ else
   pipq -r requirements.txt
 fi
 
+STEP="Detectron2 (source build)"
+D2_URL="git+https://github.com/facebookresearch/detectron2.git"
+D2_TARBALL=detectron2-02b5c4e.tar.gz
+D2_SHA256=242b9d82c5479746ea3e4bbec5c0f4bea881ded85df269ad87e3f7de516a4c56
+THIRD_PARTY=${EFFVIT_THIRD_PARTY:-$ROOT/../shared/third_party}
+if (cd / && "$PY" -c 'import detectron2, detectron2._C') 2>/dev/null; then
+  say "detectron2 already installed"
+else
+  # The cached wheel is keyed by the source and the torch version (its extension is built against torch's ABI).
+  TORCH_VER=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
+  if [ -n "${DETECTRON2_SRC:-}" ]; then
+    D2_SRC=$DETECTRON2_SRC
+    D2_KEY="src-$(printf '%s' "$D2_SRC" | sha256sum | cut -c1-12)"
+    say "Detectron2 source from DETECTRON2_SRC: $D2_SRC"
+  elif [ -f "$THIRD_PARTY/$D2_TARBALL" ]; then
+    STEP="Detectron2 (checksum of $THIRD_PARTY/$D2_TARBALL)"
+    echo "$D2_SHA256  $THIRD_PARTY/$D2_TARBALL" | sha256sum --check --quiet -
+    STEP="Detectron2 (source build)"
+    D2_SRC=$THIRD_PARTY/$D2_TARBALL
+    D2_KEY="02b5c4e"
+    say "Detectron2 source: $D2_SRC (commit 02b5c4e, checksum ok)"
+  else
+    D2_SRC=$D2_URL
+    D2_KEY="git-main"
+    say "Detectron2 source: $D2_URL (no $THIRD_PARTY/$D2_TARBALL, DETECTRON2_SRC unset)"
+  fi
+  D2_WHEELS="$CACHE/wheels/detectron2-$D2_KEY-torch$TORCH_VER"
+  WHL=$(ls "$D2_WHEELS"/detectron2-*.whl 2>/dev/null | head -n1 || true)
+  if [ -z "$WHL" ]; then
+    # No -std flag in Detectron2's setup.py: torch's BuildExtension adds its own (c++20 for torch >= 2.13).
+    say "building Detectron2 with its C++ ops (~2 min on 2 cores; cached afterwards in $D2_WHEELS)"
+    BUILD=$(mktemp -d)
+    MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip wheel --disable-pip-version-check -q --no-build-isolation --no-deps \
+      -w "$BUILD" "$D2_SRC" 2>&1 | { grep -v "^WARNING: Location" || true; }
+    mkdir -p "$D2_WHEELS"
+    mv "$BUILD"/detectron2-*.whl "$D2_WHEELS"/
+    rm -rf "$BUILD"
+    WHL=$(ls "$D2_WHEELS"/detectron2-*.whl | head -n1)
+  else
+    say "reusing cached wheel $WHL"
+  fi
+  # its runtime requirements (fvcore, iopath, omegaconf, hydra-core, ...) are pinned in requirements.txt
+  pipq "$WHL"
+fi
+
 STEP="effvit_plugins (editable)"
-if (cd / && "$PY" -c 'import effvit_plugins, os, sys; sys.exit(0 if os.path.dirname(effvit_plugins.__file__).startswith(sys.argv[1]) else 1)' "$ROOT") 2>/dev/null; then
+# where `import effvit_plugins` would load from (found, not imported: the final check imports it)
+if (cd / && "$PY" -c 'import importlib.util as u, os.path as p, sys; s = u.find_spec("effvit_plugins")
+sys.exit(0 if s and s.origin and p.dirname(p.dirname(p.realpath(s.origin))) == p.realpath(sys.argv[1]) else 1)' \
+     "$ROOT") 2>/dev/null; then
   say "effvit_plugins already installed in editable mode"
 else
   say "installing $STEP"
   pipq --no-build-isolation --no-deps -e .
 fi
 
-STEP="final check: mmcv.ops, mmseg, mmdet, mmpretrain, effvit_plugins import"
+STEP="final check: mmcv.ops, mmseg, mmdet, mmpretrain, detectron2._C, effvit_plugins import"
 (cd / && "$PY" - <<'PY'
 import mmcv, mmcv.ops, torch
 from mmcv.ops import nms, RoIAlign  # noqa: F401  (compiled ops must be present)
+import detectron2, detectron2._C  # noqa: F401  (Detectron2's compiled ops)
 import mmengine, mmseg, mmdet, mmpretrain, effvit_plugins  # noqa: F401
 print(f"[setup] ok: torch {torch.__version__}, mmcv {mmcv.__version__} (ops loaded), mmengine {mmengine.__version__}, "
-      f"mmseg {mmseg.__version__}, mmdet {mmdet.__version__}, mmpretrain {mmpretrain.__version__}")
+      f"mmseg {mmseg.__version__}, mmdet {mmdet.__version__}, mmpretrain {mmpretrain.__version__}, "
+      f"detectron2 {detectron2.__version__} (ops loaded)")
 PY
 )
 touch "$VENV/.effvit_setup_ok"

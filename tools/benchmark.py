@@ -131,8 +131,8 @@ def suite_families(args, device, dtype):
     rows = [  # (our module, classifier class, backbone class, arch, timm name)
         ("efficientvit_mit", "EfficientViTMITClassifier", "EfficientViTMITBackbone", "b1", "efficientvit_b1"),
         ("efficientvit_msra", "EfficientViTMSRAClassifier", "EfficientViTMSRABackbone", "m4", "efficientvit_m4"),
-        ("efficientformer", "EfficientFormerClassifier", "EfficientFormerBackbone", "l1", "efficientformer_l1"),
-        ("efficientformer", "EfficientFormerClassifier", "EfficientFormerBackbone", "s1", "efficientformerv2_s1"),
+        ("efficientformer_v1", "EfficientFormerV1Classifier", "EfficientFormerV1Backbone", "l1", "efficientformer_l1"),
+        ("efficientformer_v2", "EfficientFormerV2Classifier", "EfficientFormerV2Backbone", "s1", "efficientformerv2_s1"),
         ("edgevit", "EdgeViTClassifier", "EdgeViTBackbone", "xxs", None),
     ]
     for mod_name, cls_name, bb_name, arch, timm_name in rows:

@@ -23,7 +23,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="official checkpoint file")
     p.add_argument("dst", help="output file (a {'state_dict': ..., 'meta': ...} dict)")
-    p.add_argument("--family", choices=sorted(FAMILIES), default=None, help="model family (default: detect)")
+    p.add_argument("--family", choices=sorted(FAMILIES), default=None,
+                   help="model family (default: detected from the checkpoint's keys)")
     args = p.parse_args(argv)
     import torch
 

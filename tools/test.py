@@ -55,8 +55,9 @@ def parse_args(argv=None):
 
 
 def fail(msg: str, code: int = 2):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(code)
+    from effvit_plugins.mm.tools_common import fail as _fail
+
+    _fail(msg, code)
 
 
 def trigger_visualization_hook(cfg, args) -> None:
@@ -162,10 +163,14 @@ def main(argv=None):
     args = parse_args(argv)
 
     from effvit_plugins.mm.data_check import check_data_or_exit
-    from effvit_plugins.mm.tools_common import load_config
+    from effvit_plugins.mm.tools_common import UsageError, load_config, setup_distributed
 
     cfg = load_config(args.config, args.cfg_options, launcher=args.launcher, work_dir=args.work_dir,
                       set_work_dir=True)
+    try:
+        setup_distributed(cfg)  # --launcher pytorch on CPUs (gloo), see tools/train.py
+    except UsageError as e:
+        fail(str(e))
 
     if "://" not in args.checkpoint and not osp.isfile(args.checkpoint):
         fail(f"checkpoint file not found: {args.checkpoint}"

@@ -7,7 +7,11 @@
 Differences from mmseg's script, all about failing early and clearly:
   * `import effvit_plugins` first (registers our models, makes runner checkpoints load on torch >= 2.6);
   * a missing dataset is reported in one message (what was looked for, how to fix it), exit status 2;
-  * `--amp` on a machine without a GPU says so instead of failing in mmengine's AmpOptimWrapper assertion.
+  * `--amp` on a machine without a GPU says so instead of failing in mmengine's AmpOptimWrapper assertion;
+  * `--launcher pytorch` works without a GPU (torchrun, gloo backend; mmengine 0.10.7's launcher insists on CUDA):
+        torchrun --nproc_per_node 2 tools/train.py CONFIG --launcher pytorch \
+            --cfg-options env_cfg.dist_cfg.backend=gloo
+    and with the configs' default backend ('nccl') and no GPU it says exactly that.
 work_dir: --work-dir > `work_dir` in the config > ./work_dirs/<config name>. --resume continues from the
 latest checkpoint in work_dir (a specific file: --cfg-options load_from=FILE resume=True).
 """
@@ -43,31 +47,22 @@ def parse_args(argv=None):
     return args
 
 
-def amp_device_available() -> bool:
-    """The devices mmengine's AmpOptimWrapper accepts."""
-    from mmengine import device
-
-    checks = [getattr(device, n, None) for n in ("is_cuda_available", "is_npu_available", "is_mlu_available",
-                                                 "is_musa_available")]
-    return any(c() for c in checks if c is not None)
-
-
 def enable_amp(cfg) -> None:
     from mmengine.logging import print_log
 
-    if not amp_device_available():
-        print("error: --amp (automatic mixed precision) needs a GPU (CUDA; or an Ascend NPU / MLU / MUSA device), "
-              "but none is available here, so training would run on the CPU without AMP. Run without --amp on "
-              "this machine, or on a machine with a GPU.", file=sys.stderr)
-        sys.exit(2)
+    from effvit_plugins.mm.tools_common import accelerator_available, fail
+
+    if not accelerator_available():
+        fail("--amp (automatic mixed precision) needs a GPU (CUDA; or an Ascend NPU / MLU / MUSA device), "
+             "but none is available here, so training would run on the CPU without AMP. Run without --amp on "
+             "this machine, or on a machine with a GPU.")
     wrapper = cfg.optim_wrapper.get("type", "OptimWrapper")
     if wrapper == "AmpOptimWrapper":
         print_log("AMP training is already enabled in your config.", logger="current", level=logging.WARNING)
         return
     if wrapper != "OptimWrapper":
-        print(f"error: --amp only works with optim_wrapper type 'OptimWrapper' (it is switched to "
-              f"'AmpOptimWrapper'), but this config uses '{wrapper}'.", file=sys.stderr)
-        sys.exit(2)
+        fail(f"--amp only works with optim_wrapper type 'OptimWrapper' (it is switched to "
+             f"'AmpOptimWrapper'), but this config uses '{wrapper}'.")
     cfg.optim_wrapper.type = "AmpOptimWrapper"
     cfg.optim_wrapper.loss_scale = "dynamic"
 
@@ -87,10 +82,14 @@ def main(argv=None):
     args = parse_args(argv)
 
     from effvit_plugins.mm.data_check import check_data_or_exit, train_dataloaders
-    from effvit_plugins.mm.tools_common import load_config
+    from effvit_plugins.mm.tools_common import UsageError, fail, load_config, setup_distributed
 
     cfg = load_config(args.config, args.cfg_options, launcher=args.launcher, work_dir=args.work_dir,
                       set_work_dir=True)
+    try:
+        setup_distributed(cfg)
+    except UsageError as e:
+        fail(str(e))
 
     if args.amp:
         enable_amp(cfg)

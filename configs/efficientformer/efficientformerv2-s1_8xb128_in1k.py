@@ -8,6 +8,6 @@ _base_ = [
 ]
 model = dict(
     type='ImageClassifier',
-    backbone=dict(type='EfficientFormerV2', arch='s1', out_indices=(3,), out_norm=False),
+    backbone=dict(type='EfficientFormerV2', arch='s1', out_indices=(3,)),
     neck=None,
     head=dict(type='EfficientFormerV2ClsHead', in_channels=224, num_classes=1000, distillation=True, loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'), topk=(1, 5)))

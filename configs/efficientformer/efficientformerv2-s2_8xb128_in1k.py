@@ -8,6 +8,6 @@ _base_ = [
 ]
 model = dict(
     type='ImageClassifier',
-    backbone=dict(type='EfficientFormerV2', arch='s2', out_indices=(3,), out_norm=False, drop_path_rate=0.02),
+    backbone=dict(type='EfficientFormerV2', arch='s2', out_indices=(3,), drop_path_rate=0.02),
     neck=None,
     head=dict(type='EfficientFormerV2ClsHead', in_channels=288, num_classes=1000, distillation=True, loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'), topk=(1, 5)))

@@ -1,36 +1,50 @@
-"""OpenMMLab adapters for the backbone cores: the core class + mmengine ``BaseModule`` (``init_cfg``).
+"""OpenMMLab backbones: each core backbone + mmengine ``BaseModule`` (``init_cfg``), registered in mmseg, mmdet,
+mmpretrain and our own scope.
 
-``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` loads an official ImageNet/segmentation checkpoint
-straight from its original file (converted on the fly by :mod:`effvit_plugins.convert`, read with
-``weights_only=True``), one of our converted files, or (with ``prefix='backbone.'``) a full
-segmentor/detector checkpoint. Zero matching keys or wrong shapes raise an error.
+``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` loads an official ImageNet/segmentation/detection
+checkpoint straight from its original file (converted on the fly by :mod:`effvit_plugins.convert`, read with
+``weights_only=True``), one of our converted files, or (with ``prefix='backbone.'``) a full segmentor/detector
+checkpoint. A file that does not fully match (nothing matching, wrong shapes, missing or extra tensors) is an
+error; see :func:`effvit_plugins.convert.load_backbone_weights` for the tolerated dense-prediction differences.
 """
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from ..convert import load_backbone_weights
+from ..models.edgevit import EdgeViTBackbone
+from ..models.efficientformer_v1 import EfficientFormerV1Backbone
+from ..models.efficientformer_v2 import EfficientFormerV2Backbone
+from ..models.efficientvit_mit import EfficientViTMITBackbone
+from ..models.efficientvit_msra import EfficientViTMSRABackbone
+from .register import register_model
+
+DENSE_LIBS = ("mmseg", "mmdet", "mmpretrain")
+_INIT_DOC = """
+    OpenMMLab arguments:
+        init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint='official.pth')`` (an official file,
+            converted on load) or with ``prefix='backbone.'`` for a full model checkpoint.
+        pretrained (str, optional): deprecated shorthand for ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
+"""
 
 
-def make_backbone_adapter(core_cls, name: str, family: str, archs=None):
-    """Create ``name`` = ``core_cls`` + BaseModule, with pretrained loading through our converter.
+class PretrainedInitMixin:
+    """Shared by every backbone adapter: takes ``init_cfg`` / ``pretrained`` besides the core's arguments and loads
+    ``Pretrained`` weights through our converter in ``init_weights`` (other init types go to mmengine)."""
 
-    ``archs`` restricts the accepted variant names (e.g. EfficientFormer V1 vs V2 share one core).
-    """
+    family: str = ""
 
-    def __init__(self, *args, init_cfg=None, pretrained=None, **kwargs):
-        arch = kwargs.get("arch", args[0] if args else None)
-        if archs is not None and isinstance(arch, str) and arch.lower() not in archs:
-            raise ValueError(f"Unknown {name} variant {arch!r}. Valid variants: {', '.join(archs)}.")
+    def __init__(self, arch=None, *, init_cfg: Optional[dict] = None, pretrained: Optional[str] = None, **kwargs):
         if pretrained is not None:
             if init_cfg is not None:
-                raise ValueError("init_cfg and pretrained cannot be specified at the same time; "
-                                 "use init_cfg=dict(type='Pretrained', checkpoint=...).")
+                raise ValueError(f"{type(self).__name__}: init_cfg and pretrained cannot be specified at the same "
+                                 "time; use init_cfg=dict(type='Pretrained', checkpoint=...).")
             init_cfg = dict(type="Pretrained", checkpoint=pretrained)
-        core_cls.__init__(self, *args, **kwargs)
+        super().__init__(arch, **kwargs)
         self.init_cfg = copy.deepcopy(init_cfg)
         self._is_init = False
 
@@ -38,16 +52,41 @@ def make_backbone_adapter(core_cls, name: str, family: str, archs=None):
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get("type") == "Pretrained":
             if "checkpoint" not in cfg:
-                raise ValueError(f"{name}: init_cfg of type 'Pretrained' needs a 'checkpoint' path.")
-            load_backbone_weights(self, cfg["checkpoint"], family, prefix=cfg.get("prefix"),
+                raise ValueError(f"{type(self).__name__}: init_cfg of type 'Pretrained' needs a 'checkpoint' path.")
+            name = type(self).__name__
+            load_backbone_weights(self, cfg["checkpoint"], self.family, prefix=cfg.get("prefix"),
                                   logger=lambda m: print_log(f"{name}: {m}", logger="current"))
             self._is_init = True
             self._freeze_stages()
         else:
             BaseModule.init_weights(self)
 
-    doc = (core_cls.__doc__ or "") + (
-        "\n        init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint='official.pth')``"
-        " (official file, converted on load) or with ``prefix='backbone.'`` for a full model checkpoint.\n")
-    return type(name, (core_cls, BaseModule), {"__init__": __init__, "init_weights": init_weights,
-                                               "__doc__": doc, "__module__": __name__, "FAMILY": family})
+
+@register_model(*DENSE_LIBS)
+class EfficientViTMIT(PretrainedInitMixin, EfficientViTMITBackbone, BaseModule):
+    family = "efficientvit_mit"
+    __doc__ = EfficientViTMITBackbone.__doc__ + _INIT_DOC
+
+
+@register_model(*DENSE_LIBS)
+class EfficientViTMSRA(PretrainedInitMixin, EfficientViTMSRABackbone, BaseModule):
+    family = "efficientvit_msra"
+    __doc__ = EfficientViTMSRABackbone.__doc__ + _INIT_DOC
+
+
+@register_model(*DENSE_LIBS)
+class EdgeViT(PretrainedInitMixin, EdgeViTBackbone, BaseModule):
+    family = "edgevit"
+    __doc__ = EdgeViTBackbone.__doc__ + _INIT_DOC
+
+
+@register_model(*DENSE_LIBS)
+class EfficientFormerV1(PretrainedInitMixin, EfficientFormerV1Backbone, BaseModule):
+    family = "efficientformer_v1"
+    __doc__ = EfficientFormerV1Backbone.__doc__ + _INIT_DOC
+
+
+@register_model(*DENSE_LIBS)
+class EfficientFormerV2(PretrainedInitMixin, EfficientFormerV2Backbone, BaseModule):
+    family = "efficientformer_v2"
+    __doc__ = EfficientFormerV2Backbone.__doc__ + _INIT_DOC

@@ -1,7 +1,9 @@
-"""Registration in one place.
+"""Registration: the ``register_model`` decorator and the list of everything it registers.
 
-Every class is registered in our own ``effvit_plugins`` scope and, under the same plain name, in the MODELS
-registry of each installed downstream library that can use it:
+Every adapter class is decorated with :func:`register_model` where it is defined (``mm/backbones.py``,
+``mm/necks.py``, ``mm/seg_heads.py``, ``mm/cls_heads.py``); :func:`register_all_modules` (run by
+``import effvit_plugins``) imports those modules. Each class is registered in our own ``effvit_plugins`` scope and,
+under the same plain name, in the MODELS registry of each installed downstream library that can use it:
 
 =========================  =====================================  =======================================
 name                       kind                                   registered in
@@ -11,6 +13,7 @@ EfficientViTMSRA           backbone, EfficientViT (MSRA) M0-M5    mmseg, mmdet, 
 EdgeViT                    backbone, EdgeViT XXS/XS/S             mmseg, mmdet, mmpretrain, effvit_plugins
 EfficientFormerV1          backbone, EfficientFormer L1/L3/L7     mmseg, mmdet, mmpretrain, effvit_plugins
 EfficientFormerV2          backbone, EfficientFormer V2 S0-S2/L   mmseg, mmdet, mmpretrain, effvit_plugins
+EfficientViTMSRAFPN        neck, upsampling FPN (official MSRA)   mmdet, mmseg, effvit_plugins
 EfficientViTMITSegHead     mmseg decode head (official SegHead)   mmseg, effvit_plugins
 EfficientViTMITClsHead     ImageNet head (official)               mmpretrain, effvit_plugins
 EfficientViTMSRAClsHead    ImageNet head (official)               mmpretrain, effvit_plugins
@@ -20,11 +23,13 @@ EfficientFormerV2ClsHead   ImageNet head with distillation head   mmpretrain, ef
 =========================  =====================================  =======================================
 
 mmpretrain already registers ``EfficientFormer`` (V1) and ``EfficientFormerClsHead``; ours are named V1/V2 so
-both coexist.
+both coexist. A name already taken by another package is an error, never silently skipped.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import logging
 
 from ..registry import MODELS as OWN_MODELS
 
@@ -73,61 +78,32 @@ def register_model(*libs: str):
     return deco
 
 
-def _fixed(cls, name: str, **fixed):
-    """Subclass of ``cls`` named ``name`` with some constructor arguments fixed."""
+class _MMLoggerBridge(logging.Handler):
+    """Forwards the framework-free cores' log records (logger ``effvit_plugins``) to mmengine's current logger, so
+    that e.g. the one-line report of resized attention-bias tables lands in the run's log."""
 
-    def __init__(self, *args, **kwargs):
-        for k, v in fixed.items():
-            if k in kwargs and kwargs[k] != v:
-                raise ValueError(f"{name} always uses {k}={v!r}.")
-            kwargs[k] = v
-        cls.__init__(self, *args, **kwargs)
+    def emit(self, record):
+        from mmengine.logging import print_log
 
-    return type(name, (cls,), {"__init__": __init__, "__module__": cls.__module__, "__doc__": cls.__doc__})
+        print_log(record.getMessage(), logger="current", level=record.levelno)
 
 
 def register_all_modules() -> None:
+    """Import every adapter module (the decorators register the classes), route the cores' logs to mmengine and
+    make mmengine load runner checkpoints with ``weights_only=True`` on torch >= 2.6."""
     global _DONE
     if _DONE:
         return
-    from ..models import edgevit, efficientformer, efficientvit_mit, efficientvit_msra
-    from .backbones import make_backbone_adapter
     from .compat import patch_mmengine_checkpoint_loading
 
     patch_mmengine_checkpoint_loading()
-    dense = ("mmseg", "mmdet", "mmpretrain")
-    v1 = [k for k, v in efficientformer.ARCH_SETTINGS.items() if v["version"] == 1]
-    v2 = [k for k, v in efficientformer.ARCH_SETTINGS.items() if v["version"] == 2]
-    backbones = [
-        make_backbone_adapter(efficientvit_mit.EfficientViTMITBackbone, "EfficientViTMIT", "efficientvit_mit"),
-        make_backbone_adapter(efficientvit_msra.EfficientViTMSRABackbone, "EfficientViTMSRA", "efficientvit_msra"),
-        make_backbone_adapter(edgevit.EdgeViTBackbone, "EdgeViT", "edgevit"),
-        make_backbone_adapter(efficientformer.EfficientFormerBackbone, "EfficientFormerV1", "efficientformer", v1),
-        make_backbone_adapter(efficientformer.EfficientFormerBackbone, "EfficientFormerV2", "efficientformer", v2),
-    ]
-    for cls in backbones:
-        _register(cls, dense)
-    from . import necks  # noqa: F401  (registers EfficientViTMSRAFPN in mmdet / mmseg)
-    try:
-        from .seg_heads import EfficientViTMITSegHead
-    except ImportError:  # mmseg not installed
-        pass
-    else:
-        _register(EfficientViTMITSegHead, ("mmseg",))
-    try:
-        from .cls_heads import make_cls_head_adapter
-    except ImportError:  # mmpretrain not installed
-        pass
-    else:
-        heads = [
-            make_cls_head_adapter(efficientvit_mit.EfficientViTMITClsHead, "EfficientViTMITClsHead"),
-            make_cls_head_adapter(efficientvit_msra.EfficientViTMSRAClsHead, "EfficientViTMSRAClsHead"),
-            make_cls_head_adapter(edgevit.EdgeViTClsHead, "EdgeViTClsHead"),
-            _fixed(make_cls_head_adapter(efficientformer.EfficientFormerClsHead, "_EfficientFormerClsHead"),
-                   "EfficientFormerV1ClsHead", version=1),
-            _fixed(make_cls_head_adapter(efficientformer.EfficientFormerClsHead, "_EfficientFormerClsHead"),
-                   "EfficientFormerV2ClsHead", version=2),
-        ]
-        for cls in heads:
-            _register(cls, ("mmpretrain",))
+    core_logger = logging.getLogger("effvit_plugins")
+    if not any(isinstance(h, _MMLoggerBridge) for h in core_logger.handlers):
+        core_logger.addHandler(_MMLoggerBridge())
+        core_logger.setLevel(logging.INFO)
+        core_logger.propagate = False
+    from . import backbones, necks  # noqa: F401
+    for module, lib in ((".seg_heads", "mmseg"), (".cls_heads", "mmpretrain")):
+        if importlib.util.find_spec(lib) is not None:
+            importlib.import_module(module, __package__)
     _DONE = True

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import BackboneBase, check_in_channels, normalize_out_indices, resolve_arch
+from .base import BackboneBase, resolve_arch
 from .layers import DropPath, LinearMlp, drop_path_rates
 
 FAMILY = "EdgeViT"
@@ -216,10 +216,11 @@ class EdgeViTBackbone(BackboneBase):
 
     Args:
         arch: ``'xxs'``, ``'xs'``, ``'s'`` (case-insensitive) or a dict with the keys of :data:`ARCH_SETTINGS`.
+            Required.
         in_channels: input image channels.
         out_indices: stages whose outputs are returned (0..3, negative allowed), in that order.
-        frozen_stages: ``k >= 0`` freezes stage 0 (``patch_embed1`` + ``blocks1``) up to stage ``k``
-            (stage ``i`` = ``patch_embed{i+1}`` + ``blocks{i+1}``); ``-1`` freezes nothing.
+        frozen_stages: -1 nothing; 0 the stem (``patch_embed1``); k the stem and stages ``0..k-1`` (stage 0 =
+            ``blocks1``, stage ``i > 0`` = ``patch_embed{i+1}`` + ``blocks{i+1}``).
         norm_eval: keep every BatchNorm (LocalAgg norms) in eval mode during training.
         drop_path_rate: stochastic depth, increasing linearly over all blocks (official rule).
         qkv_bias: bias of the attention ``qkv`` projection (True in all official variants).
@@ -228,58 +229,50 @@ class EdgeViTBackbone(BackboneBase):
     (see the module docstring for the padding/sub-sampling rules; identical to the official model for multiples of 32).
     """
 
-    def __init__(self, arch="xxs", in_channels: int = 3, out_indices: Sequence[int] = (0, 1, 2, 3),
+    FAMILY = FAMILY
+
+    def __init__(self, arch=None, in_channels: int = 3, out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1, norm_eval: bool = False, drop_path_rate: float = 0.0,
                  qkv_bias: bool = True):
         super().__init__()
         cfg = resolve_arch(arch, ARCH_SETTINGS, FAMILY)
+        self.arch = arch if isinstance(arch, str) else "custom"
         self.arch_settings = cfg
         dims, depths = list(cfg["embed_dims"]), list(cfg["depths"])
         mlp_ratios, sr_ratios = list(cfg["mlp_ratios"]), list(cfg["sr_ratios"])
         head_dim = cfg["head_dim"]
-        self.num_stages = len(dims)
-        self.in_channels = in_channels
-        self.stage_channels = dims
+        n = len(dims)
+        if not n == len(depths) == len(mlp_ratios) == len(sr_ratios) or not 1 <= n <= len(PATCH_SIZES):
+            raise ValueError(f"{FAMILY}: embed_dims, depths, mlp_ratios and sr_ratios need the same length "
+                             f"(1..{len(PATCH_SIZES)}), got {cfg}.")
         strides, s = [], 1
-        for p in PATCH_SIZES[: self.num_stages]:
+        for p in PATCH_SIZES[:n]:
             s *= p
             strides.append(s)
-        self.stage_strides = strides
-        self.out_indices = normalize_out_indices(out_indices, self.num_stages, FAMILY)
-        self.out_channels = [dims[i] for i in self.out_indices]
-        self.out_strides = [strides[i] for i in self.out_indices]
-        self.frozen_stages = self._check_frozen_stages(frozen_stages, self.num_stages, FAMILY)
-        self.norm_eval = norm_eval
 
         dpr = drop_path_rates(drop_path_rate, depths)
         prev = in_channels
-        for i in range(self.num_stages):
+        for i in range(n):
             setattr(self, f"patch_embed{i + 1}", PatchEmbed(PATCH_SIZES[i], prev, dims[i]))
             setattr(self, f"blocks{i + 1}", nn.ModuleList([
                 LGLBlock(dims[i], dims[i] // head_dim, mlp_ratios[i], qkv_bias, dpr[i][j], sr_ratios[i])
                 for j in range(depths[i])]))
             prev = dims[i]
         self.apply(_init_weights)
-        self._freeze_stages()
+        self.init_contract(dims, strides, [f"blocks{i + 1}" for i in range(n)], in_channels, out_indices,
+                           frozen_stages, norm_eval)
+
+    def _stage(self, i: int):
+        return getattr(self, f"patch_embed{i + 1}"), getattr(self, f"blocks{i + 1}")
 
     def stem_modules(self) -> List[nn.Module]:
-        return []
+        return [self.patch_embed1]
 
     def stage_modules(self) -> List[nn.Module]:
-        return [nn.ModuleList([getattr(self, f"patch_embed{i + 1}"), getattr(self, f"blocks{i + 1}")])
-                for i in range(self.num_stages)]
+        return [self.blocks1] + [nn.ModuleList(self._stage(i)) for i in range(1, len(self.feature_info))]
 
-    def forward(self, x: torch.Tensor):
-        check_in_channels(x, self.in_channels, FAMILY)
-        outs = {}
-        last = max(self.out_indices)
-        for i in range(last + 1):
-            x = getattr(self, f"patch_embed{i + 1}")(x)
-            for blk in getattr(self, f"blocks{i + 1}"):
-                x = blk(x)
-            if i in self.out_indices:
-                outs[i] = x
-        return tuple(outs[i] for i in self.out_indices)
+    def feature_steps(self):
+        return [[embed, *blocks] for embed, blocks in (self._stage(i) for i in range(len(self.feature_info)))]
 
 
 class EdgeViTClsHead(nn.Module):
@@ -299,7 +292,7 @@ class EdgeViTClsHead(nn.Module):
 class EdgeViTClassifier(nn.Module):
     """The official ImageNet EdgeViT (``edgevit_xxs`` / ``edgevit_xs`` / ``edgevit_s``): backbone + head."""
 
-    def __init__(self, arch="xxs", num_classes: int = 1000, in_channels: int = 3, drop_path_rate: float = 0.0,
+    def __init__(self, arch=None, num_classes: int = 1000, in_channels: int = 3, drop_path_rate: float = 0.0,
                  **backbone_kwargs):
         super().__init__()
         self.backbone = EdgeViTBackbone(arch, in_channels=in_channels, out_indices=(-1,),

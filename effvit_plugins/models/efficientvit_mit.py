@@ -12,14 +12,14 @@ refer to it. The official dense-prediction head (SegHead) reads stages 2, 3, 4.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import autocast_off, conv_with_folded_bn, like_memory_format, use_channels_last
-from .base import BackboneBase, check_in_channels, normalize_out_indices, resolve_arch, set_norm_eps
+from .base import BackboneBase, resolve_arch
+from .layers import ConvNormAct, autocast_off, like_memory_format, set_norm_eps, use_channels_last
 
 FAMILY = "EfficientViT-MIT"
 
@@ -81,34 +81,14 @@ def _triple(v, n):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
-class ConvLayer(nn.Module):
-    """Conv2d ('same' padding) -> optional BatchNorm -> optional activation (optional Dropout2d first)."""
+class ConvLayer(ConvNormAct):
+    """Conv2d ('same' padding) -> optional BatchNorm -> optional activation (optional Dropout2d first); official
+    child names ``conv`` / ``norm`` / ``act``."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
                  bias: bool = False, dropout: float = 0.0, norm: bool = True, act: Optional[str] = "relu"):
-        super().__init__()
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else None
-        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
-        self.norm = nn.BatchNorm2d(out_ch) if norm else None
-        self.act = build_act(act)
-
-    def forward(self, x):
-        if self.dropout is not None:
-            x = self.dropout(x)
-        x = self.conv(x) if self.norm is None else conv_with_folded_bn(self, self.conv, self.norm, x)
-        if self.act is not None:
-            inplace = _INPLACE_ACTS.get(type(self.act))
-            if inplace is not None and not torch.is_grad_enabled():
-                return inplace(x, inplace=True)  # the conv output is a fresh tensor: safe to overwrite
-            x = self.act(x)
-        return x
-
-    def _apply(self, fn, *args, **kwargs):
-        self._folded = None
-        return super()._apply(fn, *args, **kwargs)
-
-
-_INPLACE_ACTS = {nn.Hardswish: F.hardswish, nn.ReLU: F.relu, nn.ReLU6: F.relu6, nn.SiLU: F.silu}
+        super().__init__(nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias),
+                         nn.BatchNorm2d(out_ch) if norm else None, build_act(act), dropout=dropout)
 
 
 class OpSequential(nn.Module):
@@ -233,8 +213,8 @@ class LiteMLA(nn.Module):
         self.proj = ConvLayer(total * (1 + len(scales)), out_ch, 1, bias=False, norm=True, act=None)
 
     def _attention(self, qkv: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = qkv.shape
-        qkv = qkv.float().reshape(B, -1, 3 * self.dim, H * W)
+        B, C, H, W = qkv.shape
+        qkv = qkv.float().reshape(B, C // (3 * self.dim), 3 * self.dim, H * W)
         q, k, v = qkv.split(self.dim, dim=2)
         q = self.kernel_func(q)
         k = self.kernel_func(k)
@@ -247,7 +227,7 @@ class LiteMLA(nn.Module):
             att = torch.matmul(k.transpose(-1, -2), q)  # (B, h, N, N)
             att = att / (att.sum(dim=2, keepdim=True) + self.eps)
             out = torch.matmul(v, att)
-        return out.reshape(B, -1, H, W)
+        return out.reshape(B, C // 3, H, W)
 
     def forward(self, x):
         qkv = self.qkv(x)
@@ -276,39 +256,36 @@ class EfficientViTMITBackbone(BackboneBase):
     """EfficientViT (MIT) backbone for classification and dense prediction.
 
     Args:
-        arch (str | dict): ``'b0'..'b3'`` or ``'l0'..'l3'`` (or a dict like the entries of ``ARCH_SETTINGS``).
+        arch (str | dict): ``'b0'..'b3'`` or ``'l0'..'l3'`` (or a dict with the keys of the ``ARCH_SETTINGS``
+            entries: series, widths, depths, dim; head_widths optional). Required.
         in_channels (int): input image channels. Default 3.
-        out_indices (Sequence[int]): stages to return; stage ``i`` has stride ``2**(i+1)``
-            (0: stem/2, 1: 4, 2: 8, 3: 16, 4: 32). Default ``(1, 2, 3, 4)``.
-        frozen_stages (int): stages ``0..k`` (stage 0 is the stem) are frozen; -1 freezes nothing.
+        out_indices (Sequence[int]): feature maps to return; map ``i`` has stride ``2**(i+1)``
+            (0: the stem, stride 2; 1: 4; 2: 8; 3: 16; 4: 32). Default ``(1, 2, 3, 4)``.
+        frozen_stages (int): -1 freezes nothing, 0 the stem (map 0), k the stem and the stages of maps 1..k.
         norm_eval (bool): keep BatchNorm layers in eval mode while training.
         norm_eps (float, optional): BN eps; defaults to the official value (1e-5 for B, 1e-7 for L).
         attn_eps (float): epsilon of the linear-attention normaliser (official 1e-15).
         channels_last (bool, optional): run the convolutions in channels-last layout (outputs are returned in
-            the usual contiguous NCHW layout). ``None`` = on CPU only, where it is about 1.6x faster.
+            the usual contiguous NCHW layout). ``None`` = for CPU inference, where it is about 1.6x faster.
 
     At inference (eval mode, no autograd) BatchNorm is folded into the preceding convolution and activations run
     in place; results equal the training-graph computation up to float rounding.
     """
 
-    num_stages = 5
+    FAMILY = FAMILY
 
-    def __init__(self, arch="b1", in_channels: int = 3, out_indices=(1, 2, 3, 4), frozen_stages: int = -1,
+    def __init__(self, arch=None, in_channels: int = 3, out_indices=(1, 2, 3, 4), frozen_stages: int = -1,
                  norm_eval: bool = False, norm_eps: Optional[float] = None, attn_eps: float = 1.0e-15,
                  channels_last: Optional[bool] = None):
         super().__init__()
-        cfg = resolve_arch(arch, ARCH_SETTINGS, FAMILY)
+        cfg = resolve_arch(arch, ARCH_SETTINGS, FAMILY, optional=("head_widths", "act"))
+        if cfg["series"] not in SERIES_DEFAULTS:
+            raise ValueError(f"{FAMILY}: arch 'series' must be 'b' or 'l', got {cfg['series']!r}.")
         self.channels_last = channels_last
         self.arch = arch if isinstance(arch, str) else "custom"
         self.series = cfg["series"]
         self.act_name = cfg.get("act", SERIES_DEFAULTS[self.series]["act"])
-        self.in_channels = in_channels
-        self.out_indices = normalize_out_indices(out_indices, self.num_stages, FAMILY)
-        self.frozen_stages = self._check_frozen_stages(frozen_stages, self.num_stages, FAMILY)
-        self.norm_eval = norm_eval
         widths, depths, dim, act = cfg["widths"], cfg["depths"], cfg["dim"], self.act_name
-        self.stage_channels = list(widths)
-        self.stage_strides = [2, 4, 8, 16, 32]
 
         if self.series == "b":
             stem = [ConvLayer(in_channels, widths[0], 3, 2, act=act)]
@@ -327,6 +304,7 @@ class EfficientViTMITBackbone(BackboneBase):
                 blocks += [EfficientViTBlock(c, dim, 4, act) for _ in range(depths[i])]
                 stages.append(OpSequential(blocks))
             self.stages = nn.ModuleList(stages)
+            names = ["input_stem"] + [f"stages.{i}" for i in range(4)]
         else:
             kinds = ("res", "fmb", "fmb", "mb", "att")
             expands = (1, 4, 4, 4, 6)
@@ -345,30 +323,29 @@ class EfficientViTMITBackbone(BackboneBase):
                         blocks.append(ResidualBlock(local_block(kinds[i], c, c, 1, expands[i], act, fewer[i])))
                 stages.append(OpSequential(blocks))
             self.stages = nn.ModuleList(stages)
+            names = [f"stages.{i}" for i in range(5)]
 
         for m in self.modules():
             if isinstance(m, LiteMLA):
                 m.eps = attn_eps
         set_norm_eps(self, norm_eps if norm_eps is not None else SERIES_DEFAULTS[self.series]["eps"])
-        self.out_channels = [self.stage_channels[i] for i in self.out_indices]
-        self.out_strides = [self.stage_strides[i] for i in self.out_indices]
-        self._freeze_stages()
+        self.init_contract(list(widths), [2, 4, 8, 16, 32], names, in_channels, out_indices, frozen_stages,
+                           norm_eval)
 
-    def stage_modules(self) -> List[nn.Module]:
+    def _sequences(self) -> List[OpSequential]:
+        """The five op sequences producing maps 0..4 (the stem first)."""
         if self.series == "b":
             return [self.input_stem] + list(self.stages)
         return list(self.stages)
 
-    def forward(self, x):
-        check_in_channels(x, self.in_channels, FAMILY)
-        if use_channels_last(self.channels_last, x):
-            x = x.contiguous(memory_format=torch.channels_last)
-        outs = {}
-        last = max(self.out_indices)
-        for i, stage in enumerate(self.stage_modules()[: last + 1]):
-            x = stage(x)
-            outs[i] = x
-        return tuple(outs[i].contiguous() for i in self.out_indices)
+    def stem_modules(self) -> List[nn.Module]:
+        return self._sequences()[:1]
+
+    def stage_modules(self) -> List[nn.Module]:
+        return self._sequences()[1:]
+
+    def feature_steps(self):
+        return [list(seq.op_list) for seq in self._sequences()]
 
 
 
@@ -425,9 +402,9 @@ class EfficientViTMITClsHead(nn.Module):
 class EfficientViTMITClassifier(nn.Module):
     """Official ImageNet classifier = backbone (last stage) + :class:`EfficientViTMITClsHead`."""
 
-    def __init__(self, arch="b1", num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.0, **kwargs):
+    def __init__(self, arch=None, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.0, **kwargs):
         super().__init__()
-        cfg = resolve_arch(arch, ARCH_SETTINGS, FAMILY)
+        cfg = resolve_arch(arch, ARCH_SETTINGS, FAMILY, optional=("head_widths", "act"))
         if cfg.get("head_widths") is None:
             raise ValueError(f"{FAMILY} {arch!r} has no published ImageNet head; use it as a backbone only.")
         self.backbone = EfficientViTMITBackbone(arch, in_channels=in_channels, out_indices=(4,), **kwargs)
@@ -501,7 +478,7 @@ class SegHeadCore(nn.Module):
 def seg_head_features(head: nn.Module, feats: Sequence[torch.Tensor]) -> torch.Tensor:
     """SegHead fusion on any module holding ``input_ops``, ``upsample``, ``middle`` and ``final_expand``."""
     size = feats[-1].shape[-2:]
-    if use_channels_last(getattr(head, "channels_last", None), feats[-1]):
+    if use_channels_last(getattr(head, "channels_last", None), feats[-1], head.training):
         feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
     x = None
     for op, f in zip(head.input_ops, feats):
@@ -516,25 +493,24 @@ def seg_head_features(head: nn.Module, feats: Sequence[torch.Tensor]) -> torch.T
 # ---------------------------------------------------------------------------------------------------------------
 # Official checkpoints
 # ---------------------------------------------------------------------------------------------------------------
-def convert_official_checkpoint(state_dict: Dict[str, torch.Tensor], task: str = "auto",
-                                head_prefix: str = "head.", num_classes: Optional[int] = None) -> Dict[str, torch.Tensor]:
-    """Map an official MIT checkpoint (already unwrapped) to our layouts.
+def convert_official_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Official MIT checkpoint (already unwrapped) -> our layouts.
 
-    * classification (``head.op_list.*``): keys are unchanged (``backbone.*``, ``head.op_list.*``).
-    * segmentation (``head.input_ops.*``, ``head.middle.*``, ``head.output_ops.*``): the SegHead parts go to
-      ``<head_prefix>input_ops/middle/final_expand`` and the classifier conv to ``<head_prefix>conv_seg``.
+    * classification (``head.op_list.*``): keys are unchanged (``backbone.*``, ``head.op_list.*``) -- the layout of
+      :class:`EfficientViTMITClassifier` and of the mmpretrain configs.
+    * segmentation (``head.input_ops.*``, ``head.middle.*``, ``head.output_ops.*``): the mmseg ``EncoderDecoder``
+      layout -- the SegHead parts go to ``decode_head.input_ops/middle/final_expand`` and the classifier conv to
+      ``decode_head.conv_seg``.
     """
-    is_seg = any(k.startswith("head.output_ops.") or k.startswith("head.input_ops.") for k in state_dict)
-    if task == "cls" and is_seg or task == "seg" and not is_seg:
-        raise ValueError(f"Expected an EfficientViT {task} checkpoint, got a {'seg' if is_seg else 'cls'} one.")
-    out = {}
+    is_seg = any(k.startswith(("head.output_ops.", "head.input_ops.")) for k in state_dict)
     if not is_seg:
-        for k, v in state_dict.items():
-            out[k if not k.startswith("head.") else head_prefix + k[len("head."):]] = v
-        return out
+        return dict(state_dict)
     # segout = [final_expand ConvLayer?, classifier ConvLayer(with bias)]; op_list drops the missing expand.
     seg_ops = sorted({int(k.split(".")[4]) for k in state_dict if k.startswith("head.output_ops.0.op_list.")})
+    if not seg_ops:
+        raise ValueError(f"{FAMILY}: a segmentation checkpoint without head.output_ops.0.op_list.* keys.")
     cls_idx = seg_ops[-1]
+    out = {}
     for k, v in state_dict.items():
         if not k.startswith("head."):
             out[k] = v
@@ -543,9 +519,9 @@ def convert_official_checkpoint(state_dict: Dict[str, torch.Tensor], task: str =
         if rest.startswith("output_ops.0.op_list."):
             idx, tail = rest[len("output_ops.0.op_list."):].split(".", 1)
             if int(idx) == cls_idx:
-                out[head_prefix + "conv_seg." + tail.split("conv.", 1)[1]] = v
+                out["decode_head.conv_seg." + tail.split("conv.", 1)[1]] = v
             else:
-                out[head_prefix + "final_expand." + tail] = v
+                out["decode_head.final_expand." + tail] = v
         else:
-            out[head_prefix + rest] = v
+            out["decode_head." + rest] = v
     return out

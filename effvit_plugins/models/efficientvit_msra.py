@@ -43,17 +43,15 @@ regenerated for the receiving model (it is derived data).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import unwrap_state_dict
-from .base import (BackboneBase, check_in_channels, normalize_out_indices, resolve_arch,
-                   stage_channels_strides)
-from .layers import (DropPath, cache_disabled, conv_with_folded_bn, drop_path_rates, relative_bias_index,
-                     resize_bias_map, tensor_stamp)
+from .base import BackboneBase, resolve_arch
+from .layers import (ConvNormAct, DropPath, cache_disabled, drop_path_rates, relative_bias_index,
+                     resize_bias_tables_on_load, tensor_stamp)
 
 __all__ = [
     "ARCH_SETTINGS", "OFFICIAL_KEY_SIGNATURE", "EfficientViTMSRABackbone", "EfficientViTMSRAClsHead",
@@ -90,29 +88,16 @@ PATCH_STRIDE = 16
 # ----------------------------------------------------------------------------------------------------------------
 # Basic layers
 # ----------------------------------------------------------------------------------------------------------------
-class ConvBN(nn.Sequential):
-    """Bias-free ``Conv2d`` (``c``) followed by ``BatchNorm2d`` (``bn``) whose weight starts at ``bn_weight_init``.
-
-    When the BN is in eval mode and no gradient is recorded (inference), the BN is folded into the convolution
-    (one conv with bias instead of conv + BN; identical up to float rounding). The folded weights are cached
-    and recomputed whenever any of the five source tensors is replaced or modified in place.
-    """
+class ConvBN(ConvNormAct):
+    """Bias-free ``Conv2d`` (``c``) followed by ``BatchNorm2d`` (``bn``) whose weight starts at ``bn_weight_init``;
+    folded into one convolution at inference (:class:`~effvit_plugins.models.layers.ConvNormAct`)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, padding: int = 0,
                  groups: int = 1, bn_weight_init: float = 1.0):
-        super().__init__()
-        self.add_module("c", nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, groups=groups, bias=False))
-        self.add_module("bn", nn.BatchNorm2d(out_ch))
+        super().__init__(nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, groups=groups, bias=False),
+                         nn.BatchNorm2d(out_ch), names=("c", "bn", "act"))
         nn.init.constant_(self.bn.weight, bn_weight_init)
         nn.init.zeros_(self.bn.bias)
-        self._folded: Optional[tuple] = None
-
-    def forward(self, x):
-        return conv_with_folded_bn(self, self.c, self.bn, x)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._folded = None
-        return super()._apply(fn, *args, **kwargs)
 
 
 class Residual(nn.Module):
@@ -215,6 +200,7 @@ class CascadedGroupAttention(nn.Module):
         r = self.resolution
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, r * r))
         self.register_buffer("attention_bias_idxs", self._full_window_index(r))
+        self.bias_tables = {"attention_biases": (r, r)}
         self._index_cache: Dict[tuple, torch.Tensor] = {}
         self._bias_cache: Dict[tuple, tuple] = {}
 
@@ -261,19 +247,18 @@ class CascadedGroupAttention(nn.Module):
         self._bias_cache[(h, w)] = (stamp, bias)
         return bias
 
+    def init_non_persistent_buffers(self) -> None:
+        """Recompute the (derived) index buffer, e.g. after ``to_empty()`` (timm's name for this step)."""
+        self.attention_bias_idxs = self._full_window_index(self.resolution).to(self.attention_biases.device)
+        self._index_cache = {}
+        self._bias_cache = {}
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        key_b, key_i = prefix + "attention_biases", prefix + "attention_bias_idxs"
-        table = state_dict.get(key_b)
-        if torch.is_tensor(table) and table.dim() == 2 and table.shape[0] == self.num_heads \
-                and table.shape[1] != self.resolution ** 2:
-            r0 = math.isqrt(table.shape[1])
-            if r0 * r0 == table.shape[1]:
-                grid = table.float().reshape(self.num_heads, r0, r0)
-                resized = resize_bias_map(grid, (self.resolution, self.resolution), mode="bicubic")
-                state_dict[key_b] = resized.reshape(self.num_heads, -1).to(table.dtype)
-        # the index buffer is derived from the table size: always use the receiving model's own
-        state_dict[key_i] = self.attention_bias_idxs.detach().clone()
+        # the index buffer is derived from the table size: always use the receiving model's own (tables of another
+        # size were resized by the backbone's resize_bias_tables_on_load hook before this runs)
+        if prefix + "attention_biases" in state_dict:
+            state_dict[prefix + "attention_bias_idxs"] = self.attention_bias_idxs.detach().clone()
         self._bias_cache = {}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
@@ -392,20 +377,24 @@ class EfficientViTMSRABackbone(BackboneBase):
 
     Args:
         arch: ``'m0'`` .. ``'m5'`` (case-insensitive) or a dict with the keys of :data:`ARCH_SETTINGS` entries.
+            Required.
         in_channels: image channels.
         out_indices: stages to return (0: stride 16, 1: stride 32, 2: stride 64).
-        frozen_stages: freeze the stem and stages ``0..frozen_stages`` (-1: nothing).
-        norm_eval: keep every BatchNorm in eval mode during training (statistics fixed).
+        frozen_stages: -1 nothing, 0 the stem (``patch_embed``), k the stem and ``blocks1..blocksk``.
+        norm_eval: keep every BatchNorm in eval mode during training (statistics fixed; the official detectors
+            always do this).
         drop_path_rate: stochastic depth, linearly increased over the attention blocks; every residual branch of
             a block uses the block's rate, the downsampling residuals of a stage use the rate of its first block.
             0 reproduces the official model.
         img_size: ``None`` (default, dense prediction; official downstream model): 7x7 bias tables everywhere.
             An image size (e.g. 224) builds the tables as the official classifier does for that size
             (``min(7, stage resolution)``), which is what ImageNet checkpoints contain. Either way any input size
-            works; checkpoints of the other kind load with the bias tables resized (see module docstring).
+            works; checkpoints of the other kind load with the bias tables resized (one log line says which).
     """
 
-    def __init__(self, arch: Union[str, dict] = "m4", in_channels: int = 3, out_indices=(0, 1, 2),
+    FAMILY = FAMILY
+
+    def __init__(self, arch: Union[str, dict, None] = None, in_channels: int = 3, out_indices=(0, 1, 2),
                  frozen_stages: int = -1, norm_eval: bool = False, drop_path_rate: float = 0.0,
                  img_size: Optional[Union[int, Tuple[int, int]]] = None):
         super().__init__()
@@ -413,25 +402,17 @@ class EfficientViTMSRABackbone(BackboneBase):
         embed_dims = list(cfg["embed_dims"])
         depths = list(cfg["depths"])
         num_heads = list(cfg["num_heads"])
-        kernels = list(cfg.get("kernels", (5, 5, 5, 5)))
-        key_dims = list(cfg.get("key_dims", [16] * len(embed_dims)))
-        windows = stage_window_sizes(cfg.get("window_sizes", [7] * len(embed_dims)), img_size)
-        if len(embed_dims) != 3:
-            raise ValueError(f"{FAMILY}: expected 3 stages, got embed_dims={embed_dims}.")
+        kernels = list(cfg["kernels"])
+        key_dims = list(cfg["key_dims"])
+        windows = stage_window_sizes(cfg["window_sizes"], img_size)
+        if not len(embed_dims) == len(depths) == len(num_heads) == len(key_dims) == len(windows) == 3:
+            raise ValueError(f"{FAMILY}: a custom arch needs 3 stages (embed_dims, depths, num_heads, key_dims, "
+                             f"window_sizes of length 3), got {cfg}.")
 
-        self.arch = cfg
-        self.in_channels = in_channels
+        self.arch = arch if isinstance(arch, str) else "custom"
         self.img_size = img_size
-        self.num_stages = 3
-        self.stage_channels = embed_dims
-        self.stage_strides = [16, 32, 64]
         self.window_sizes = windows
-        self.out_indices = normalize_out_indices(out_indices, self.num_stages, FAMILY)
-        self.frozen_stages = self._check_frozen_stages(frozen_stages, self.num_stages, FAMILY)
-        self.norm_eval = norm_eval
         self.drop_path_rate = float(drop_path_rate)
-        sel = stage_channels_strides(self.stage_channels, self.stage_strides, self.out_indices)
-        self.out_channels, self.out_strides = sel["channels"], sel["strides"]
 
         c0 = embed_dims[0]
         self.patch_embed = nn.Sequential(
@@ -441,7 +422,7 @@ class EfficientViTMSRABackbone(BackboneBase):
             ConvBN(c0 // 2, c0, 3, 2, 1),
         )
         dpr = drop_path_rates(self.drop_path_rate, depths)
-        for i in range(self.num_stages):
+        for i in range(3):
             dim = embed_dims[i]
             attn_ratio = dim / (key_dims[i] * num_heads[i])
             layers: List[nn.Module] = []
@@ -452,7 +433,9 @@ class EfficientViTMSRABackbone(BackboneBase):
             layers += [EfficientViTBlock(dim, key_dims[i], num_heads[i], attn_ratio, windows[i], kernels, p)
                        for p in dpr[i]]
             self.add_module(f"blocks{i + 1}", nn.Sequential(*layers))
-        self._freeze_stages()
+        self._register_load_state_dict_pre_hook(resize_bias_tables_on_load(FAMILY), with_module=True)
+        self.init_contract(embed_dims, [16, 32, 64], ["blocks1", "blocks2", "blocks3"], in_channels, out_indices,
+                           frozen_stages, norm_eval)
 
     def stem_modules(self) -> List[nn.Module]:
         return [self.patch_embed]
@@ -460,15 +443,8 @@ class EfficientViTMSRABackbone(BackboneBase):
     def stage_modules(self) -> List[nn.Module]:
         return [self.blocks1, self.blocks2, self.blocks3]
 
-    def forward(self, x) -> tuple:
-        check_in_channels(x, self.in_channels, FAMILY)
-        x = self.patch_embed(x)
-        feats = {}
-        last = max(self.out_indices)
-        for i, stage in enumerate(self.stage_modules()[: last + 1]):
-            x = stage(x)
-            feats[i] = x
-        return tuple(feats[i] for i in self.out_indices)
+    def feature_steps(self):
+        return [[self.patch_embed, *self.blocks1], list(self.blocks2), list(self.blocks3)]
 
 
 class BNLinear(nn.Sequential):
@@ -518,7 +494,7 @@ class EfficientViTMSRAClsHead(nn.Module):
 class EfficientViTMSRAClassifier(nn.Module):
     """The official ImageNet model: backbone built for ``img_size`` (224) + classification head."""
 
-    def __init__(self, arch: Union[str, dict] = "m4", num_classes: int = 1000, in_channels: int = 3,
+    def __init__(self, arch: Union[str, dict, None] = None, num_classes: int = 1000, in_channels: int = 3,
                  img_size: Optional[Union[int, Tuple[int, int]]] = 224, drop_path_rate: float = 0.0,
                  distillation: bool = False):
         super().__init__()
@@ -538,30 +514,33 @@ def _is_conv_weight_stored_2d(key: str, v: torch.Tensor) -> bool:
     return v.dim() == 2 and key.endswith("weight") and not key.startswith(("head.", "head_dist."))
 
 
-def convert_official_checkpoint(state_dict) -> Dict[str, torch.Tensor]:
-    """Official (microsoft/Cream) EfficientViT-M checkpoint -> :class:`EfficientViTMSRAClassifier` state dict.
+def convert_official_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Official (microsoft/Cream) EfficientViT-M checkpoint (unwrapped) -> our layouts.
 
-    * unwraps ``{'model': ...}`` / ``{'state_dict': ...}`` and strips ``module.``;
-    * backbone keys get ``backbone.``, ``head.*`` stays, ``head_dist.*`` becomes ``head.head_dist.*``;
-    * 1x1 conv weights stored 2-D (out, in) are reshaped to (out, in, 1, 1), as the official loader does;
-    * ``attention_bias_idxs`` is regenerated from the size of each ``attention_biases`` table (added when the
-      checkpoint lacks it, e.g. after a round trip through timm).
+    * ImageNet checkpoints -> :class:`EfficientViTMSRAClassifier`: backbone keys get ``backbone.``, ``head.*``
+      stays, ``head_dist.*`` becomes ``head.head_dist.*``;
+    * official detectors (mmdet 2.x; keys ``backbone.*``, ``neck.*``, ``bbox_head.*`` / ``rpn_head.*``,
+      ``roi_head.*``): keys are kept (mmdet 3 uses the same names);
+
+    and in both: 1x1 conv weights stored 2-D (out, in) are reshaped to (out, in, 1, 1), as the official loader does;
+    ``attention_bias_idxs`` is regenerated from the size of each ``attention_biases`` table (added when the
+    checkpoint lacks it, e.g. after a round trip through timm).
     """
-    sd = unwrap_state_dict(state_dict)
+    dense = any(k.startswith("backbone.") for k in state_dict)
     out: Dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        if k.endswith(("total_ops", "total_params")):  # counters some profilers leave behind
+    for k, v in state_dict.items():
+        if k.endswith(("total_ops", "total_params", "attention_bias_idxs")):  # profiler counters; derived data
             continue
-        if k.endswith("attention_bias_idxs"):
-            continue
-        if _is_conv_weight_stored_2d(k, v):
-            v = v[:, :, None, None]
-        if k.startswith("head_dist."):
-            out["head." + k] = v
-        elif k.startswith("head."):
+        bk = k[len("backbone."):] if dense and k.startswith("backbone.") else (None if dense else k)
+        if bk is None:  # neck / heads of an official detector
             out[k] = v
+            continue
+        if _is_conv_weight_stored_2d(bk, v):
+            v = v[:, :, None, None]
+        if dense or not bk.startswith(("head.", "head_dist.")):
+            out["backbone." + bk] = v
         else:
-            out["backbone." + k] = v
+            out[("head." + bk) if bk.startswith("head_dist.") else bk] = v
     for k in [k for k in out if k.endswith(".attention_biases")]:
         length = out[k].shape[-1]
         r = math.isqrt(length)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import itertools
-from typing import Tuple
+import logging
+import math
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -99,11 +101,12 @@ def is_inference(bn: nn.Module) -> bool:
     return not bn.training and not torch.is_grad_enabled()
 
 
-def folded_conv_bn(owner: nn.Module, conv: nn.Conv2d, bn: nn.Module):
-    """``(weight, bias)`` of ``conv`` followed by eval-mode ``bn`` as one convolution, cached on ``owner``.
+def folded_conv_bn(conv: nn.Conv2d, bn: nn.Module):
+    """``(weight, bias)`` of ``conv`` followed by eval-mode ``bn`` as one convolution.
 
-    The cache (attribute ``_folded``) is recomputed whenever one of the source tensors is replaced or changed in
-    place, and bypassed while tracing/compiling. Returns ``None`` when folding is not possible (no running stats).
+    The one BN-folding cache of the package: stored on ``conv`` (attribute ``_bn_fold``) and recomputed whenever one
+    of the source tensors is replaced, moved, cast or changed in place (their identity/version/device/dtype stamp
+    changes); bypassed while tracing/compiling. Returns ``None`` when folding is not possible (no running stats).
     """
     parts = [getattr(bn, n, None) for n in ("weight", "bias", "running_mean", "running_var")]
     if any(not torch.is_tensor(t) for t in parts) or not hasattr(bn, "eps") or cache_disabled():
@@ -112,7 +115,7 @@ def folded_conv_bn(owner: nn.Module, conv: nn.Conv2d, bn: nn.Module):
     stamp = tensor_stamp(*sources)
     if stamp is None:
         return None
-    cached = getattr(owner, "_folded", None)
+    cached = conv.__dict__.get("_bn_fold")
     if cached is not None and cached[0] == stamp:
         return cached[1]
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
@@ -120,23 +123,62 @@ def folded_conv_bn(owner: nn.Module, conv: nn.Conv2d, bn: nn.Module):
     bias = bn.bias - bn.running_mean * scale
     if conv.bias is not None:
         bias = bias + conv.bias * scale
-    owner._folded = (stamp, (weight, bias))
+    conv.__dict__["_bn_fold"] = (stamp, (weight, bias))
     return weight, bias
 
 
-def conv_with_folded_bn(owner: nn.Module, conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor):
+def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``bn(conv(x))``; at inference one convolution with the BN folded in (identical up to rounding)."""
     if is_inference(bn):
-        folded = folded_conv_bn(owner, conv, bn)
+        folded = folded_conv_bn(conv, bn)
         if folded is not None:
             return F.conv2d(x, folded[0], folded[1], conv.stride, conv.padding, conv.dilation, conv.groups)
     return bn(conv(x))
 
 
-def use_channels_last(option, x: torch.Tensor) -> bool:
-    """Whether to run a conv-heavy backbone channels-last: ``None`` = on CPU, where oneDNN is much faster with it
-    for these models (measured 1.2-2.5x on EfficientViT-MIT and EfficientFormer; not used where it did not help)."""
-    return (x.device.type == "cpu") if option is None else bool(option)
+_INPLACE_ACTS = {nn.Hardswish: F.hardswish, nn.ReLU: F.relu, nn.ReLU6: F.relu6, nn.SiLU: F.silu}
+
+
+def apply_act(act: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``; in place when no autograd graph is recorded (``x`` must be a fresh tensor)."""
+    if act is None:
+        return x
+    inplace = _INPLACE_ACTS.get(type(act))
+    if inplace is not None and not torch.is_grad_enabled():
+        return inplace(x, inplace=True)
+    return act(x)
+
+
+class ConvNormAct(nn.Module):
+    """``[dropout] -> conv -> [norm] -> [act]``, the one Conv+BN unit of every family.
+
+    The child modules are stored under the names each official checkpoint uses (``names`` = names of the conv, the
+    norm and the activation): EfficientViT-MIT ``conv``/``norm``/``act``, EfficientViT-MSRA ``c``/``bn``,
+    EfficientFormer ``0``/``1``. A BatchNorm is folded into the convolution at inference (:func:`conv_bn`).
+    """
+
+    def __init__(self, conv: nn.Conv2d, norm: Optional[nn.Module] = None, act: Optional[nn.Module] = None,
+                 dropout: float = 0.0, names: Tuple[str, str, str] = ("conv", "norm", "act")):
+        super().__init__()
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else None
+        self._names = tuple(names)
+        self.add_module(names[0], conv)
+        self.add_module(names[1], norm)
+        self.add_module(names[2], act)
+
+    def forward(self, x):
+        conv, norm, act = (getattr(self, n) for n in self._names)
+        if self.dropout is not None:
+            x = self.dropout(x)
+        x = conv(x) if norm is None else conv_bn(conv, norm, x)
+        return apply_act(act, x)
+
+
+def use_channels_last(option, x: torch.Tensor, training: bool = False) -> bool:
+    """Whether to run a conv-heavy network channels-last: ``None`` = for inference on the CPU, where oneDNN is much
+    faster with it for these models (measured 1.2-2.5x on EfficientViT-MIT and EfficientFormer; not used where it
+    did not help). Not by default in training (DDP's gradient buckets expect the parameters' own layout)."""
+    return (x.device.type == "cpu" and not training) if option is None else bool(option)
 
 
 def like_memory_format(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -157,3 +199,166 @@ class LinearMlp(nn.Module):
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Relative-position attention biases (EfficientViT-MSRA, EfficientFormer V1/V2)
+# ---------------------------------------------------------------------------------------------------------------
+logger = logging.getLogger("effvit_plugins")
+
+
+def biased_attention(q, k, v, bias, scale: float) -> torch.Tensor:
+    """``softmax(q @ k^T * scale + bias) @ v`` for (B, heads, N, dim) tensors and a (heads, Nq, Nk) bias.
+
+    On CUDA the fused kernel is used; elsewhere plain matmuls, which are faster than the CPU fused path for
+    these small maps (and are what the MAC counter sees on the meta device either way).
+    """
+    if q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    attn = torch.matmul(q * scale, k.transpose(-2, -1)) + bias
+    return torch.matmul(attn.softmax(dim=-1), v)
+
+
+class RelPosBias(nn.Module):
+    """Mixin owning a learned bias per relative offset (LeViT style) and its index buffer.
+
+    The table is a parameter of shape ``(heads, kh * kw)``, row-major over the absolute offsets ``(|dy|, |dx|)``
+    of a ``kh x kw`` key grid (the order in which :func:`relative_bias_index` meets them). It is named
+    ``attention_biases`` (the classification models) or ``attention_biases_seg`` (the official dense-prediction
+    models, whose tables are built for a larger grid); the index buffer is ``attention_bias_idxs[_seg]``,
+    recomputed at construction and therefore not stored in checkpoints.
+
+    :meth:`attention_bias` returns the ``(heads, Nq, Nk)`` bias for the attention actually computed: the gathered
+    table when ``(Nq, Nk)`` is the size it was built for, otherwise that map resized bicubically (the official
+    dense-prediction rule). Outside training the result is cached (a few sizes, keyed by size/device/dtype and
+    invalidated when the parameter is changed in place or replaced, e.g. by ``load_state_dict``).
+    ``bias_tables`` tells :func:`resize_bias_tables_on_load` the grid of each table.
+    """
+
+    bias_cache_size: int = 2
+
+    def _init_heads(self, num_heads: int, key_dim: int, attn_ratio: float) -> None:
+        """Head geometry of the LeViT-style attentions: ``key_dim`` per head for q/k, ``d = attn_ratio * key_dim``
+        per head for v (``dh`` in total)."""
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.scale = key_dim ** -0.5
+        self.d = int(attn_ratio * key_dim)
+        self.dh = self.d * num_heads
+
+    def _init_bias(self, num_heads: int, q_size, k_size, q_stride: int = 1, seg: bool = False) -> None:
+        self._grid = (tuple(q_size), tuple(k_size), int(q_stride))
+        self.table_name = "attention_biases_seg" if seg else "attention_biases"
+        num_offsets = int(k_size[0]) * int(k_size[1])
+        self.register_parameter(self.table_name, nn.Parameter(torch.zeros(num_heads, num_offsets)))
+        # the index is always computed for real (also when the model is built under a ``meta`` device context,
+        # so that such a model only needs its state dict loaded with ``assign=True``)
+        default_device = torch.get_default_device() if hasattr(torch, "get_default_device") else torch.device("cpu")
+        self.register_buffer(self.table_name.replace("biases", "bias_idxs"),
+                             self._bias_index_tensor(None if default_device.type == "meta" else default_device),
+                             persistent=False)
+        self.bias_tables = {self.table_name: (int(k_size[0]), int(k_size[1]))}
+        self._bias_cache: Dict[tuple, tuple] = {}
+
+    def _bias_index_tensor(self, device=None) -> torch.Tensor:
+        q_size, k_size, q_stride = self._grid
+        with torch.device("cpu"):
+            num_offsets, idx = relative_bias_index(q_size, k_size, q_stride)
+        if num_offsets != k_size[0] * k_size[1]:
+            raise ValueError(f"relative bias: {num_offsets} offsets for a {k_size} key grid")
+        return idx if device is None else idx.to(device)
+
+    def init_non_persistent_buffers(self) -> None:
+        """Recompute the index buffer (timm's name for this step), e.g. after ``to_empty()``."""
+        name = self.table_name.replace("biases", "bias_idxs")
+        setattr(self, name, self._bias_index_tensor(self.bias_table.device))
+        self.clear_bias_cache()
+
+    @property
+    def bias_table(self) -> torch.Tensor:
+        return getattr(self, self.table_name)
+
+    @property
+    def bias_index(self) -> torch.Tensor:
+        return getattr(self, self.table_name.replace("biases", "bias_idxs"))
+
+    def _expanded_bias(self, nq: int, nk: int) -> torch.Tensor:
+        return resize_bias_map(self.bias_table[:, self.bias_index], (nq, nk))
+
+    def attention_bias(self, nq: int, nk: int, dtype: torch.dtype) -> torch.Tensor:
+        if self.training or cache_disabled():
+            return self._expanded_bias(nq, nk).to(dtype)
+        p = self.bias_table
+        key = (nq, nk, p.device, dtype)
+        hit = self._bias_cache.get(key)
+        if hit is not None and hit[0] is p and hit[1] == p._version:
+            return hit[2]
+        with torch.inference_mode(False), torch.no_grad():
+            bias = self._expanded_bias(nq, nk).to(dtype).contiguous()
+        if key not in self._bias_cache and len(self._bias_cache) >= self.bias_cache_size:
+            self._bias_cache.pop(next(iter(self._bias_cache)))
+        self._bias_cache[key] = (p, p._version, bias)
+        return bias
+
+    def clear_bias_cache(self) -> None:
+        self._bias_cache = {}
+
+    def train(self, mode: bool = True):
+        self.clear_bias_cache()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clear_bias_cache()
+        return super()._apply(fn, *args, **kwargs)
+
+
+class resize_bias_tables_on_load:  # noqa: N801  (used like a function: a picklable hook factory)
+    """A ``load_state_dict`` pre-hook (register with ``with_module=True`` on a backbone) that resizes every
+    attention-bias table of the incoming state dict whose grid differs from the receiving module's.
+
+    Submodules declare their tables in ``bias_tables`` (``{param name: (rows, cols)}``); a table stored for a
+    square ``r0 x r0`` offset grid is resized bicubically on that grid. This is the intended path for e.g. an
+    ImageNet checkpoint (tables for 224x224 inputs) loaded into a dense-prediction backbone (tables for 7x7
+    windows / the detection resolution). All resized tables are reported in ONE log line (logger
+    ``effvit_plugins``, level INFO) saying what was resized from what to what.
+    """
+
+    def __init__(self, family: str):
+        self.family = family
+
+    def __call__(self, module, state_dict, prefix, *args, **kwargs):
+        changes: Dict[Tuple[tuple, tuple], list] = {}
+        for name, sub in module.named_modules():
+            for pname, (rows, cols) in (getattr(sub, "bias_tables", None) or {}).items():
+                key = f"{prefix}{name + '.' if name else ''}{pname}"
+                t = state_dict.get(key)
+                if not torch.is_tensor(t) or t.dim() != 2 or t.shape[1] == rows * cols:
+                    continue
+                r0 = math.isqrt(t.shape[1])
+                if r0 * r0 != t.shape[1] or t.shape[0] != getattr(sub, pname).shape[0]:
+                    continue  # not a square offset grid / other head count: the size check reports it
+                grid = t.detach().float().reshape(t.shape[0], r0, r0)
+                state_dict[key] = resize_bias_map(grid, (rows, cols)).reshape(t.shape[0], -1).to(t.dtype)
+                changes.setdefault(((r0, r0), (rows, cols)), []).append(key[len(prefix):])
+        if changes:
+            parts = [f"{len(keys)} from {a[0]}x{a[1]} to {b[0]}x{b[1]} offsets ({', '.join(keys[:3])}"
+                     f"{', ...' if len(keys) > 3 else ''})" for (a, b), keys in changes.items()]
+            logger.info("%s: resized attention-bias tables bicubically on their offset grids: %s", self.family,
+                        "; ".join(parts))
+
+
+def stem_conv_bn_act(in_ch: int, out_ch: int, act_layer) -> nn.Sequential:
+    """Two 3x3 stride-2 conv + BN + act layers (EfficientFormer V1/V2 stem; weights at indices 0/1/3/4)."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch // 2, 3, stride=2, padding=1), nn.BatchNorm2d(out_ch // 2), act_layer(),
+        nn.Conv2d(out_ch // 2, out_ch, 3, stride=2, padding=1), nn.BatchNorm2d(out_ch), act_layer(),
+    )
+
+
+def set_norm_eps(module: nn.Module, eps: float) -> None:
+    """Set ``eps`` of every BatchNorm/LayerNorm/GroupNorm below ``module`` (the official L-series uses 1e-7)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    for m in module.modules():
+        if isinstance(m, (_BatchNorm, nn.LayerNorm, nn.GroupNorm)):
+            m.eps = eps

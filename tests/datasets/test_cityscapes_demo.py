@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import mmcv.ops  # noqa: F401  (required: mmcv with its compiled ops)
+import mmseg.datasets as mmseg_datasets
 import numpy as np
 import pytest
 from PIL import Image
@@ -113,8 +115,6 @@ def test_cli(tmp_path):
 
 
 def test_mmseg_cityscapes_dataset_reads_it(tmp_path):
-    pytest.importorskip("mmcv.ops")
-    mmseg_datasets = pytest.importorskip("mmseg.datasets")
     from mmengine.registry import DefaultScope
 
     _gen(tmp_path, num_train=4, num_val=2)

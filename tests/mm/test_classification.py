@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config, model_complexity
-from effvit_plugins.models import edgevit, efficientformer, efficientvit_mit, efficientvit_msra
+from effvit_plugins.models import edgevit, efficientformer_v1, efficientformer_v2, efficientvit_mit, efficientvit_msra
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLS_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*_in1k.py")))
@@ -26,8 +26,8 @@ TARGETS = {
 FAMILY_OF = {"efficientvit-mit": ("efficientvit_mit", efficientvit_mit.EfficientViTMITClassifier),
              "efficientvit-msra": ("efficientvit_msra", efficientvit_msra.EfficientViTMSRAClassifier),
              "edgevit": ("edgevit", edgevit.EdgeViTClassifier),
-             "efficientformer": ("efficientformer", efficientformer.EfficientFormerClassifier),
-             "efficientformerv2": ("efficientformer", efficientformer.EfficientFormerClassifier)}
+             "efficientformer": ("efficientformer_v1", efficientformer_v1.EfficientFormerV1Classifier),
+             "efficientformerv2": ("efficientformer_v2", efficientformer_v2.EfficientFormerV2Classifier)}
 
 
 def model_name(path):
@@ -104,12 +104,11 @@ def test_official_checkpoint_converts_into_config(tmp_path, name, wrapper, bn_ra
 
 def test_checkpoint_of_another_family_is_named(tmp_path):
     from mmpretrain.registry import MODELS
-    torch.save({"model": efficientformer.EfficientFormerClassifier("l1").state_dict()}, tmp_path / "ef.pth")
-    official = official_state_dict("efficientformer", efficientformer.EfficientFormerClassifier("l1"))
+    official = official_state_dict("efficientformer_v1", efficientformer_v1.EfficientFormerV1Classifier("l1"))
     torch.save({"model": official}, tmp_path / "ef_official.pth")
     bb = MODELS.build(dict(type="EfficientViTMSRA", arch="m0",
                            init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "ef_official.pth"))))
-    with pytest.raises(Exception, match=r"looks like a EfficientFormer checkpoint, but the model is EfficientViT \(MSRA\)"):
+    with pytest.raises(Exception, match=r"looks like a EfficientFormer V1 checkpoint, but the model is EfficientViT \(MSRA\)"):
         bb.init_weights()
 
 
@@ -139,12 +138,27 @@ def test_unknown_variant_lists_valid_ones():
 TRAIN_CASES = ["efficientvit-mit-b0", "efficientvit-msra-m0", "edgevit-xxs", "efficientformerv2-s0"]
 
 
+@pytest.fixture(scope="module")
+def imagefolder(tmp_path_factory):
+    from effvit_plugins.datasets.imagefolder_demo import generate_imagefolder
+
+    return generate_imagefolder(str(tmp_path_factory.mktemp("imagefolder")), num_train=8, num_val=4, size=64)
+
+
 @pytest.mark.parametrize("name", TRAIN_CASES)
-def test_training_loop_and_accuracy(tmp_path_factory, name):
-    """A few iterations through mmengine's Runner (mmpretrain ImageClassifier) and an accuracy evaluation."""
+def test_training_loop_and_accuracy(tmp_path, imagefolder, name):
+    """32 iterations through mmengine's Runner (mmpretrain ImageClassifier, seed 0): the loss falls and the val
+    accuracy is well above chance (4 classes: 25%).
+
+    BatchNorm's running statistics are exponential averages over the past iterations, whose weights changed a lot
+    in so short a run: evaluated with them, EfficientViT-B0 predicts a single class (25%, with the loss already
+    low). mmpretrain's PreciseBNHook recomputes the statistics with the final weights on 32 training images (4
+    forward passes) before the evaluation, as long ImageNet recipes do.
+    """
     from mmengine.runner import Runner
-    from effvit_plugins.datasets.imagefolder_demo import CLASSES, generate_imagefolder
-    data = generate_imagefolder(str(tmp_path_factory.mktemp("imagefolder")), num_train=8, num_val=4, size=64)
+
+    from effvit_plugins.datasets.imagefolder_demo import CLASSES
+
     (path,) = [p for p in CLS_CONFIGS if model_name(p) == name]
     cfg = load_config(path)
     cfg.model.head.num_classes = len(CLASSES)
@@ -155,26 +169,30 @@ def test_training_loop_and_accuracy(tmp_path_factory, name):
     for split, key in (("train", "train_dataloader"), ("val", "val_dataloader")):
         cfg[key] = dict(batch_size=8, num_workers=0, persistent_workers=False,
                         sampler=dict(type="DefaultSampler", shuffle=split == "train"),
-                        dataset=dict(type="CustomDataset", data_root=data, data_prefix=split, pipeline=pipe))
+                        dataset=dict(type="CustomDataset", data_root=imagefolder, data_prefix=split, pipeline=pipe))
     cfg.val_evaluator = dict(type="Accuracy", topk=(1,))
     cfg.test_dataloader = cfg.test_evaluator = cfg.test_cfg = None
-    cfg.train_cfg = dict(by_epoch=False, max_iters=32, val_interval=32)
+    iters = 32
+    cfg.train_cfg = dict(by_epoch=False, max_iters=iters, val_interval=iters)
     cfg.optim_wrapper = dict(optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.0))
     cfg.param_scheduler = []
     cfg.auto_scale_lr = None
+    cfg.randomness = dict(seed=0)
+    cfg.custom_hooks = [dict(type="PreciseBNHook", num_samples=32, interval=iters, priority="ABOVE_NORMAL")]
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=8)
-    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=32, by_epoch=False)
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=iters, by_epoch=False)
     cfg.log_processor = dict(by_epoch=False)
-    cfg.work_dir = str(tmp_path_factory.mktemp("work"))
+    cfg.work_dir = str(tmp_path / "work")
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    runner.train()  # validation at the last iteration, after the precise-BN pass
     losses = runner.message_hub.get_scalar("train/loss").data[0]
-    assert len(losses) == 32 and all(map(lambda v: v == v, losses))
+    assert len(losses) == iters and all(map(lambda v: v == v, losses))
     # the model learns: mean loss of the last 8 iterations well below that of the first 8
     assert losses[-8:].mean() < 0.8 * losses[:8].mean(), losses
-    metrics = runner.val_loop.run()
-    assert 0.0 <= metrics["accuracy/top1"] <= 100.0
-    assert os.path.isfile(os.path.join(cfg.work_dir, "iter_32.pth"))
+    accuracy = runner.message_hub.get_scalar("val/accuracy/top1").current()
+    chance = 100.0 / len(CLASSES)
+    assert accuracy > 2 * chance, accuracy
+    assert os.path.isfile(os.path.join(cfg.work_dir, f"iter_{iters}.pth"))
 
 
 @pytest.mark.parametrize("name,typ", [("efficientvit-msra-m0", "EfficientViTMSRA"), ("edgevit-xxs", "EdgeViT"),

@@ -1,5 +1,6 @@
 """Runner checkpoints load on torch >= 2.6 with weights_only=True plus an allow-list; anything else is refused."""
 import collections
+import os
 
 import numpy as np
 import pytest
@@ -52,3 +53,59 @@ def test_checkpoint_saved_by_stock_mmengine_loads(tmp_path):
     assert out["message_hub"]["log_scalars"]["loss"].current() == 3.0
     with pytest.raises(pickle.UnpicklingError, match="not allowed"):
         compat._history_buffer_getattr(object, "__subclasses__")
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what weights_only loading exists to prevent."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _malicious_runner_checkpoint(tmp_path):
+    marker = tmp_path / "code_was_run"
+    path = tmp_path / "iter_1.pth"
+    torch.save({"meta": {"iter": 1, "epoch": 0, "payload": RunsCode(marker)},
+                "state_dict": collections.OrderedDict(weight=torch.ones(2, 2), bias=torch.zeros(2)),
+                "message_hub": {}}, path)
+    return str(path), marker
+
+
+REFUSED = r"Refusing to unpickle .*iter_1\.pth.*posix\.system"
+
+
+def test_disallowed_checkpoint_refused_by_mmengine_load_checkpoint(tmp_path):
+    from mmengine.runner import load_checkpoint
+
+    path, marker = _malicious_runner_checkpoint(tmp_path)
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match=REFUSED):
+        load_checkpoint(model, path, map_location="cpu")
+    assert not marker.exists()
+
+
+def test_disallowed_checkpoint_refused_by_runner_resume_and_load_from(tmp_path):
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Tiny(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+
+        def forward(self, inputs=None, data_samples=None, mode="tensor"):
+            return self.linear(inputs)
+
+    path, marker = _malicious_runner_checkpoint(tmp_path)
+    runner = Runner(model=Tiny(), work_dir=str(tmp_path / "work"), experiment_name="compat_resume_refused")
+    with pytest.raises(RuntimeError, match=REFUSED):
+        runner.resume(path)
+    with pytest.raises(RuntimeError, match=REFUSED):
+        runner.load_checkpoint(path)  # what load_from=... does
+    assert not marker.exists()
+    # the message tells a user who trusts the file what to do
+    with pytest.raises(RuntimeError, match=r"If you trust this file, extract its tensors"):
+        runner.resume(path)

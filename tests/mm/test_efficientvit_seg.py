@@ -200,3 +200,15 @@ def test_unknown_variant_and_wrong_channels_errors():
     m = MODELS.build(dict(type="EfficientViTMIT", arch="b0"))
     with pytest.raises(ValueError, match=r"in_channels=4"):
         m(torch.randn(1, 4, 64, 64))
+
+
+def test_seghead_channels_and_input_transform_are_checked():
+    from mmseg.registry import MODELS
+    head = dict(type="EfficientViTMITSegHead", in_channels=[128, 64, 32], in_index=[2, 1, 0], head_width=32,
+                head_depth=1, expand_ratio=4, middle_op="mbconv", final_expand=4, num_classes=19)
+    ok = MODELS.build(dict(head, channels=128, input_transform="multiple_select"))  # consistent values are fine
+    assert ok.channels == 128 and ok.conv_seg.in_channels == 128
+    with pytest.raises(ValueError, match=r"channels=64 cannot be used.*head_width\*final_expand=128"):
+        MODELS.build(dict(head, channels=64))
+    with pytest.raises(ValueError, match=r"input_transform='resize_concat' cannot be used"):
+        MODELS.build(dict(head, input_transform="resize_concat"))

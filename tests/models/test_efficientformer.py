@@ -1,4 +1,4 @@
-"""Tests of the EfficientFormer V1/V2 core (effvit_plugins.models.efficientformer).
+"""Tests of the EfficientFormer V1/V2 cores (effvit_plugins.models.efficientformer_v1 / _v2).
 
 timm parity: timm models are built on the meta device (fast), materialised with random weights, random BN
 statistics, random attention biases and random layer scales, mapped to the *official* checkpoint layout by the key
@@ -12,18 +12,34 @@ import pytest
 import torch
 import torch.nn as nn
 
-timm = pytest.importorskip("timm")
+import timm
 
-from effvit_plugins.checkpoint import unwrap_state_dict  # noqa: E402
-from effvit_plugins.models.efficientformer import (  # noqa: E402
-    ARCH_SETTINGS,
-    EfficientFormerBackbone,
-    EfficientFormerClassifier,
-    convert_official_checkpoint,
-    infer_arch,
-)
-from effvit_plugins.models.layers import resize_bias_map  # noqa: E402
-from effvit_plugins.utils.complexity import count_macs, count_params  # noqa: E402
+from effvit_plugins.checkpoint import unwrap_state_dict
+from effvit_plugins.models import efficientformer_v1, efficientformer_v2
+from effvit_plugins.models.efficientformer_v1 import convert_official_checkpoint
+from effvit_plugins.models.layers import biased_attention, resize_bias_map
+from effvit_plugins.utils.complexity import count_macs, count_params
+
+ARCH_SETTINGS = {**efficientformer_v1.ARCH_SETTINGS, **efficientformer_v2.ARCH_SETTINGS}
+
+
+def _module(arch):
+    return efficientformer_v1 if arch in efficientformer_v1.ARCH_SETTINGS else efficientformer_v2
+
+
+def EfficientFormerBackbone(arch, **kw):  # noqa: N802  (the V1 or V2 backbone, by variant name)
+    mod = _module(arch)
+    return (mod.EfficientFormerV1Backbone if mod is efficientformer_v1 else mod.EfficientFormerV2Backbone)(arch, **kw)
+
+
+def EfficientFormerClassifier(arch, **kw):  # noqa: N802
+    mod = _module(arch)
+    cls = mod.EfficientFormerV1Classifier if mod is efficientformer_v1 else mod.EfficientFormerV2Classifier
+    return cls(arch, **kw)
+
+
+def infer_arch(sd):
+    return efficientformer_v2.infer_arch(sd) if any(".mlp.mid." in k for k in sd) else efficientformer_v1.infer_arch(sd)
 
 V1 = ("l1", "l3", "l7")
 V2 = ("s0", "s1", "s2", "l")
@@ -256,64 +272,6 @@ def test_v1_output_norms():
     assert not hasattr(_meta(EfficientFormerBackbone, "s0"), "norm0")  # V2: no output norm (official)
 
 
-def test_out_indices_order_and_in_channels():
-    torch.manual_seed(0)
-    bb = EfficientFormerBackbone("s0", out_indices=(3, 1), in_channels=4).eval()
-    assert bb.out_channels == [176, 48] and bb.out_strides == [32, 8]
-    with torch.no_grad():
-        outs = bb(torch.randn(1, 4, 64, 96))
-    assert [tuple(o.shape[1:]) for o in outs] == [(176, 2, 3), (48, 8, 12)]
-    with pytest.raises(ValueError, match="in_channels"):
-        bb(torch.randn(1, 3, 64, 64))
-    with pytest.raises(ValueError):
-        EfficientFormerBackbone("s0", out_indices=(4,))
-
-
-def test_unknown_variant_lists_valid_ones():
-    with pytest.raises(ValueError) as err:
-        EfficientFormerBackbone("l5")
-    for name in ARCH_SETTINGS:
-        assert name in str(err.value)
-    with pytest.raises(ValueError):
-        EfficientFormerClassifier("xs")
-
-
-@pytest.mark.parametrize("arch", ["l1", "s0"])
-def test_frozen_stages(arch):
-    bb = EfficientFormerBackbone(arch, frozen_stages=1)
-    bb.train()
-    frozen = [bb.patch_embed, bb.network[0], bb.network[1], bb.network[2]]
-    for m in frozen:
-        assert all(not p.requires_grad for p in m.parameters())
-        assert all(not sub.training for sub in m.modules())
-    for m in list(bb.network[3:]):
-        assert all(p.requires_grad for p in m.parameters())
-        assert m.training
-    with pytest.raises(ValueError):
-        EfficientFormerBackbone(arch, frozen_stages=4)
-
-
-@pytest.mark.parametrize("arch", ["l1", "s0"])
-def test_norm_eval_keeps_bn_stats(arch):
-    torch.manual_seed(0)
-    bb = EfficientFormerBackbone(arch, norm_eval=True)
-    bb.train()
-    bns = [m for m in bb.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns and all(not m.training for m in bns)
-    assert bb.training and bb.network[-1].training  # only the norms are in eval mode
-    before = [m.running_mean.clone() for m in bns]
-    x = torch.randn(2, 3, 64, 64)
-    outs = bb(x)
-    sum(o.mean() for o in outs).backward()
-    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bns))
-    # without norm_eval the statistics move
-    bb.norm_eval = False
-    bb.train()
-    with torch.no_grad():
-        bb(x)
-    assert any(not torch.equal(b, m.running_mean) for b, m in zip(before, bns))
-
-
 def test_attention_bias_exact_resized_and_cached():
     torch.manual_seed(0)
     bb = EfficientFormerBackbone("s0").eval()
@@ -373,13 +331,11 @@ def test_converter_handles_prefixes_and_drop_path():
 
 def test_fused_and_plain_attention_agree():
     """The CUDA path (fused SDPA) and the CPU path (matmuls) compute the same biased attention."""
-    from effvit_plugins.models.efficientformer import _biased_attention
-
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 8, n, d, generator=g) for n, d in ((49, 16), (196, 16), (196, 64)))
     bias = torch.randn(8, 49, 196, generator=g)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=16 ** -0.5)
-    torch.testing.assert_close(_biased_attention(q, k, v, bias, 16 ** -0.5), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(biased_attention(q, k, v, bias, 16 ** -0.5), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_bias_cache_follows_loaded_weights():
