@@ -7,9 +7,9 @@
 * RetinaNet 1x and Mask R-CNN 1x on COCO 2017 for every variant; Mask R-CNN on LVIS v1 for one variant per
   backbone type (:data:`LVIS_VARIANTS`).
 * Backbone channels come from the registered backbones themselves (built on the meta device), never retyped.
-* Recipes: the official ones where they exist (EfficientViT-MSRA M4 RetinaNet / Mask R-CNN, EfficientFormer
-  V1/V2 Mask R-CNN), else mmdet's standard AdamW 1x recipe for transformer backbones (the base schedule
-  ``configs/_base_/mmdet/schedules/adamw_1x.py``); each config header says which, and the published result or
+* Recipes (schedule bases under ``configs/_base_/mmdet/schedules/``): the official ones where they exist
+  (EfficientViT-MSRA M4 RetinaNet / Mask R-CNN, EfficientFormer V1/V2 Mask R-CNN), else mmdet's standard AdamW 1x
+  recipe for transformer backbones (``adamw_1x.py``); each config header says which, and the published result or
   "none published".
 """
 import argparse
@@ -138,7 +138,7 @@ def neck_cfg(fam: dict, bb: dict, detector: str) -> dict:
 
 
 def recipe(fam: dict, v: str, detector: str, dataset: str):
-    """(header text, extra config lines) of the optimiser / schedule."""
+    """(header text, schedule base under configs/_base_/mmdet/schedules/) of the optimiser / schedule."""
     t = fam["type"]
     lvis_note = "; no official LVIS recipe exists, this is the COCO one with mmdet's LVIS v1 data settings " \
                 "(mask-rcnn_r50_fpn_sample1e-3_ms-1x_lvis-v1)" if dataset == "lvis" else ""
@@ -147,38 +147,15 @@ def recipe(fam: dict, v: str, detector: str, dataset: str):
         text = (f"official (microsoft/Cream EfficientViT/downstream/configs/{src}_efficientvit_m4_fpn_1x_coco.py): "
                 "AdamW lr 1e-4, wd 0.05, no weight decay on attention_biases, 12 epochs, lr x0.1 at epochs 8 and "
                 "11, 500-iter linear warm-up from 0.001, 8 GPUs x 2 images" + lvis_note)
-        lines = [
-            "optim_wrapper = dict(",
-            "    _delete_=True,",
-            "    type='OptimWrapper',",
-            "    optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),",
-            "    # (the official config also lists attention_bias_idxs, a buffer that is never optimised)",
-            "    paramwise_cfg=dict(custom_keys={'attention_biases': dict(decay_mult=0.)}))",
-            "param_scheduler = [",
-            "    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),",
-            "    dict(type='MultiStepLR', begin=0, end=12, by_epoch=True, milestones=[8, 11], gamma=0.1),",
-            "]",
-        ]
-        return text, lines
+        return text, "efficientvit-msra_adamw_1x"
     if t.startswith("EfficientFormer") and (detector == "mask-rcnn"):
         ver = int(t[-1])
-        wd = 1e-4 if ver == 1 else 0.05
         name = f"efficientformer{'_' if ver == 1 else 'v2_'}{v}"
         text = (f"official (snap-research/EfficientFormer detection/configs/mask_rcnn_{name}_fpn_1x_coco.py): "
-                f"AdamW lr 2e-4, wd {wd:g}, 12 epochs, lr x0.1 at epochs 8 and 11, 500-iter linear warm-up from "
-                f"1e-6, 8 GPUs x 2 images" + lvis_note)
-        lines = [
-            "optim_wrapper = dict(",
-            "    _delete_=True,",
-            "    type='OptimWrapper',",
-            f"    optimizer=dict(type='AdamW', lr=0.0002, betas=(0.9, 0.999), weight_decay={wd!r}))",
-            "param_scheduler = [",
-            "    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=500),",
-            "    dict(type='MultiStepLR', begin=0, end=12, by_epoch=True, milestones=[8, 11], gamma=0.1),",
-            "]",
-        ]
-        return text, lines
-    return STANDARD_RECIPE + lvis_note, []
+                f"AdamW lr 2e-4, wd {1e-4 if ver == 1 else 0.05:g}, 12 epochs, lr x0.1 at epochs 8 and 11, 500-iter "
+                "linear warm-up from 1e-6, 8 GPUs x 2 images" + lvis_note)
+        return text, "efficientformer_adamw_1x" if ver == 1 else "efficientformerv2_adamw_1x"
+    return STANDARD_RECIPE + lvis_note, "adamw_1x"
 
 
 def published(fam: dict, v: str, detector: str, dataset: str) -> str:
@@ -206,7 +183,7 @@ def render(fam: dict, v: str, detector: str, dataset: str) -> str:
     data_title = "COCO 2017, 1333x800" if dataset == "coco" else \
         "LVIS v1 (1203 classes, class-balanced repeat sampling 1e-3, multi-scale 640-800)"
     what = f"{det_title} 1x, {fam['title']} {v.upper()} + {neck_title}, {data_title}."
-    rec_text, rec_lines = recipe(fam, v, detector, dataset)
+    rec_text, schedule = recipe(fam, v, detector, dataset)
     if fam["weights"]:
         w = fam["weights"].format(v=v)
         weights = comment(f"ImageNet weights (recommended; the official file, converted on load): tools/train.py CONFIG "
@@ -224,7 +201,7 @@ def render(fam: dict, v: str, detector: str, dataset: str) -> str:
     text += ("_base_ = [\n"
              f"    '../_base_/mmdet/models/{model_base}.py',\n"
              f"    '../_base_/mmdet/datasets/{data_base}.py',\n"
-             "    '../_base_/mmdet/schedules/adamw_1x.py',\n"
+             f"    '../_base_/mmdet/schedules/{schedule}.py',\n"
              "    '../_base_/mmdet/default_runtime.py',\n"
              "]\n")
     model_lines = ["model = dict(", field("backbone", bb), field("neck", neck)]
@@ -236,8 +213,6 @@ def render(fam: dict, v: str, detector: str, dataset: str) -> str:
         ]
     model_lines[-1] = model_lines[-1].rstrip(",") + ")"
     text += "\n".join(model_lines) + "\n"
-    if rec_lines:
-        text += "\n".join(rec_lines) + "\n"
     return text
 
 
@@ -252,7 +227,9 @@ def demo_model_overrides(detector: str, width: int = DEMO_WIDTH) -> List[str]:
     """``model = dict(...)`` lines narrowing the heads to ``width`` channels and 3 classes, with fewer proposals."""
     if detector == "retinanet":
         return [
-            f"    bbox_head=dict(in_channels={width}, feat_channels={width}, num_classes=3),",
+            "    # GroupNorm in the head: without ImageNet weights the plain head needs far more iterations",
+            f"    bbox_head=dict(in_channels={width}, feat_channels={width}, num_classes=3,",
+            "                   norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)),",
             "    test_cfg=dict(max_per_img=20))",
         ]
     return [
@@ -283,8 +260,10 @@ def render_demo(detector: str) -> str:
                 "COCO-layout demo set (tools/generate_demo_data.py --dataset coco -> data/coco_demo/; circles, "
                 "squares and triangles as 'sports ball', 'tv' and 'kite') on a CPU in a few minutes."),
         comment(f"The COCO config ({config_name(fam, v, detector, 'coco')}) scaled down: 128x128 images, the three "
-                f"classes, {DEMO_WIDTH}-channel neck and heads, fewer proposals, BatchNorm statistics trained (no "
-                f"ImageNet weights), {DEMO_ITERS} iterations of AdamW lr 1e-3, evaluation and checkpoint at the end."),
+                f"classes, {DEMO_WIDTH}-channel neck and heads"
+                + (" (GroupNorm in the head)" if detector == "retinanet" else "")
+                + f", fewer proposals, BatchNorm statistics trained (no ImageNet weights), {DEMO_ITERS} iterations of "
+                "AdamW lr 1e-3, evaluation and checkpoint at the end."),
         comment("`make demo-det` runs the Mask R-CNN one (scripts/demo_det.sh)." if detector == "mask-rcnn" else
                 "Train / test it like the Mask R-CNN demo: tools/train.py CONFIG, tools/test.py CONFIG CHECKPOINT."),
         "# Generated by scripts/gen_det_configs.py.", ""])
@@ -303,7 +282,7 @@ def render_demo(detector: str) -> str:
              "    logger=dict(type='LoggerHook', interval=10, log_metric_by_epoch=False),\n"
              "    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1000000, save_last=True, "
              "max_keep_ckpts=1))\n"
-             "log_processor = dict(by_epoch=False)\n")
+             "log_processor = dict(by_epoch=False, window_size=10)\n")
     return text
 
 

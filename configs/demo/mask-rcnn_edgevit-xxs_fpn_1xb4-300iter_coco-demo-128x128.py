@@ -26,4 +26,4 @@ model = dict(
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10, log_metric_by_epoch=False),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1000000, save_last=True, max_keep_ckpts=1))
-log_processor = dict(by_epoch=False)
+log_processor = dict(by_epoch=False, window_size=10)

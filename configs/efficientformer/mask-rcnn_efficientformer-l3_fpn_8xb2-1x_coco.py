@@ -10,17 +10,9 @@
 _base_ = [
     '../_base_/mmdet/models/mask-rcnn_fpn.py',
     '../_base_/mmdet/datasets/coco_instance.py',
-    '../_base_/mmdet/schedules/adamw_1x.py',
+    '../_base_/mmdet/schedules/efficientformer_adamw_1x.py',
     '../_base_/mmdet/default_runtime.py',
 ]
 model = dict(
     backbone=dict(type='EfficientFormerV1', arch='l3', out_indices=(0, 1, 2, 3), seg_resolution=25),
     neck=dict(in_channels=[64, 128, 320, 512]))
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=0.0002, betas=(0.9, 0.999), weight_decay=0.0001))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=500),
-    dict(type='MultiStepLR', begin=0, end=12, by_epoch=True, milestones=[8, 11], gamma=0.1),
-]

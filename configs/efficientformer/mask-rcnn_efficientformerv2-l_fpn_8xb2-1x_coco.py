@@ -10,17 +10,9 @@
 _base_ = [
     '../_base_/mmdet/models/mask-rcnn_fpn.py',
     '../_base_/mmdet/datasets/coco_instance.py',
-    '../_base_/mmdet/schedules/adamw_1x.py',
+    '../_base_/mmdet/schedules/efficientformerv2_adamw_1x.py',
     '../_base_/mmdet/default_runtime.py',
 ]
 model = dict(
     backbone=dict(type='EfficientFormerV2', arch='l', out_indices=(0, 1, 2, 3), seg_resolution=800, drop_path_rate=0.1),
     neck=dict(in_channels=[40, 80, 192, 384]))
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=0.0002, betas=(0.9, 0.999), weight_decay=0.05))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=500),
-    dict(type='MultiStepLR', begin=0, end=12, by_epoch=True, milestones=[8, 11], gamma=0.1),
-]

@@ -10,7 +10,7 @@
 _base_ = [
     '../_base_/mmdet/models/mask-rcnn_fpn.py',
     '../_base_/mmdet/datasets/coco_instance.py',
-    '../_base_/mmdet/schedules/adamw_1x.py',
+    '../_base_/mmdet/schedules/efficientformerv2_adamw_1x.py',
     '../_base_/mmdet/default_runtime.py',
 ]
 model = dict(
@@ -21,11 +21,3 @@ model = dict(
         seg_resolution=800,
         drop_path_rate=0.02),
     neck=dict(in_channels=[32, 64, 144, 288]))
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=0.0002, betas=(0.9, 0.999), weight_decay=0.05))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=500),
-    dict(type='MultiStepLR', begin=0, end=12, by_epoch=True, milestones=[8, 11], gamma=0.1),
-]

@@ -11,7 +11,7 @@
 _base_ = [
     '../_base_/mmdet/models/mask-rcnn_fpn.py',
     '../_base_/mmdet/datasets/lvis_v1_instance.py',
-    '../_base_/mmdet/schedules/adamw_1x.py',
+    '../_base_/mmdet/schedules/efficientvit-msra_adamw_1x.py',
     '../_base_/mmdet/default_runtime.py',
 ]
 model = dict(
@@ -27,13 +27,3 @@ model = dict(
     roi_head=dict(bbox_head=dict(num_classes=1203), mask_head=dict(num_classes=1203)),
     # LVIS: up to 300 detections per image, kept down to a very low score
     test_cfg=dict(rcnn=dict(score_thr=0.0001, max_per_img=300)))
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
-    # (the official config also lists attention_bias_idxs, a buffer that is never optimised)
-    paramwise_cfg=dict(custom_keys={'attention_biases': dict(decay_mult=0.)}))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
-    dict(type='MultiStepLR', begin=0, end=12, by_epoch=True, milestones=[8, 11], gamma=0.1),
-]

@@ -11,7 +11,7 @@
 _base_ = [
     '../_base_/mmdet/models/retinanet_fpn.py',
     '../_base_/mmdet/datasets/coco_detection.py',
-    '../_base_/mmdet/schedules/adamw_1x.py',
+    '../_base_/mmdet/schedules/efficientvit-msra_adamw_1x.py',
     '../_base_/mmdet/default_runtime.py',
 ]
 model = dict(
@@ -25,13 +25,3 @@ model = dict(
         num_outs=5,
         add_extra_convs='on_input',
         num_extra_trans_convs=1))
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
-    # (the official config also lists attention_bias_idxs, a buffer that is never optimised)
-    paramwise_cfg=dict(custom_keys={'attention_biases': dict(decay_mult=0.)}))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
-    dict(type='MultiStepLR', begin=0, end=12, by_epoch=True, milestones=[8, 11], gamma=0.1),
-]
