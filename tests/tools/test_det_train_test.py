@@ -29,7 +29,10 @@ FAMILIES = {
     "edgevit": ("edgevit", "edgevit-xxs_fpn"),
     "efficientformer": ("efficientformer", "efficientformerv2-s0_fpn"),
 }
-ITERS = 40  # batches of 4 images, AdamW lr 1e-3 after a 5-iteration warm-up, linear decay over the last 10
+# batches of 4 images, AdamW lr 1e-3 after a 5-iteration warm-up, linear decay over the last 10. Measured on the
+# demo set: after 40 iterations Mask R-CNN reaches bbox mAP 0.09-0.28 except EfficientViT-MSRA-M0 (0.044; 0.158
+# after 60), RetinaNet 0.11 except EfficientViT-B0 (0.048; 0.066 after 60, 0.113 after 80)
+ITERS = {"retinanet": 80, "mask-rcnn": 60}
 NUM_VAL = 8
 
 
@@ -53,12 +56,13 @@ def data_options(root, kind="coco", with_val=True):
     return opts
 
 
-def write_config(path, detector, family, iters=ITERS):
+def write_config(path, detector, family):
     """A config = the demo config of ``detector`` with the backbone / neck of the family's COCO config, trained for
-    ``iters`` iterations without validation (tools/test.py evaluates afterwards)."""
+    ``ITERS[detector]`` iterations without validation (tools/test.py evaluates afterwards)."""
     from mmengine.config import Config
 
     folder, stem = FAMILIES[family]
+    iters = ITERS[detector]
     real = Config.fromfile(osp.join(ROOT, "configs", folder, f"{detector}_{stem}_8xb2-1x_coco.py"))
     backbone = dict(real.model.backbone.to_dict(), norm_eval=False)  # from scratch: BN statistics are trained
     neck = {k: v for k, v in real.model.neck.to_dict().items() if k != "_delete_"}
@@ -134,9 +138,9 @@ def test_train_then_test_beats_untrained(detector, family, coco_demo, tmp_path, 
     options = data_options(coco_demo, with_val=False)
     load_tool("train").main([config, "--work-dir", str(work), "--cfg-options"] + options)
     loss = losses(work)
-    assert len(loss) == ITERS // 5, loss
+    assert len(loss) == ITERS[detector] // 5, loss
     assert sum(loss[-2:]) / 2 < 0.7 * sum(loss[:2]) / 2, loss  # the loss falls
-    ckpt = work / f"iter_{ITERS}.pth"
+    ckpt = work / f"iter_{ITERS[detector]}.pth"
     assert ckpt.is_file()
 
     show = tmp_path / "pictures"
