@@ -3,11 +3,12 @@
 
     python tools/convert_checkpoint.py SRC DST [--family NAME]
 
-SRC: an official release file -- wrapped in 'state_dict' / 'model' or bare; classification or (EfficientViT-MIT)
-segmentation. The family is detected from the keys unless --family is given. DST loads with 0 missing /
-0 unexpected keys into the model of the matching config: segmentation -> mmseg EncoderDecoder
-(backbone.*, decode_head.*), classification -> mmpretrain ImageClassifier (backbone.*, head.*). SRC is read with
-torch.load(weights_only=True).
+SRC: an official release file -- wrapped in 'state_dict' / 'model' or bare; classification, segmentation
+(EfficientViT-MIT, EfficientFormer mmseg 0.x) or detection (EfficientFormer mmdet 2.x; the official EfficientViT-MSRA
+detectors need no conversion). The family is detected from the keys unless --family is given. DST loads with
+0 missing / 0 unexpected keys into the model of the matching config: detection -> mmdet detector (backbone.*,
+neck.*, rpn_head.* / roi_head.* / bbox_head.*), segmentation -> mmseg EncoderDecoder (backbone.*, decode_head.*),
+classification -> mmpretrain ImageClassifier (backbone.*, head.*). SRC is read with torch.load(weights_only=True).
 """
 import argparse
 import os
@@ -34,7 +35,12 @@ def main(argv=None):
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    task = "segmentation" if any(k.startswith("decode_head.") for k in out) else "classification"
+    if any(k.startswith(("rpn_head.", "roi_head.", "bbox_head.")) for k in out):
+        task = "detection"
+    elif any(k.startswith("decode_head.") for k in out):
+        task = "segmentation"
+    else:
+        task = "classification"
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
     torch.save({"state_dict": out, "meta": {"converted_from": os.path.basename(args.src), "family": family,
                                             "task": task}}, args.dst)

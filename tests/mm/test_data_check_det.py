@@ -1,11 +1,9 @@
 """A missing COCO / LVIS dataset stops tools/train.py and tools/test.py at once with one clear message: where we
 looked, the expected layout, the --cfg-options that point the config elsewhere (data roots AND the evaluator's
 annotation file, which mmdet reads from its own path), the ln -s alternative and the demo set."""
-import os
 import os.path as osp
-import subprocess
-import sys
 
+import pytest
 from mmengine.config import Config
 
 from effvit_plugins.mm.data_check import find_missing_data, format_missing_message
@@ -15,17 +13,23 @@ COCO_CFG = osp.join(ROOT, "configs", "efficientvit_msra", "mask-rcnn_efficientvi
 LVIS_CFG = osp.join(ROOT, "configs", "edgevit", "mask-rcnn_edgevit-xs_fpn_sample1e-3_8xb2-ms-1x_lvis-v1.py")
 
 
-def run(tool, args, cwd):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, osp.join(ROOT, "tools", tool)] + [str(a) for a in args], cwd=str(cwd),
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
-    assert "Traceback" not in r.stderr and r.stderr.count("error:") == 1, r.stderr
-    return r.stderr
+@pytest.fixture
+def run(load_tool, monkeypatch, capsys, tmp_path):
+    """The tool's command line (its main(argv), in this process) from an empty folder: exit status 2 and one
+    error message on stderr."""
+    def _run(tool, args):
+        monkeypatch.chdir(tmp_path)  # no data/ here
+        with pytest.raises(SystemExit) as e:
+            load_tool(tool).main([str(a) for a in args])
+        out = capsys.readouterr()
+        assert e.value.code == 2, out.out[-2000:] + out.err[-3000:]
+        assert "Traceback" not in out.err and out.err.count("error:") == 1, out.err
+        return out.err
+    return _run
 
 
-def test_train_coco_missing(tmp_path):
-    err = run("train.py", [COCO_CFG], tmp_path)
+def test_train_coco_missing(tmp_path, run):
+    err = run("train", [COCO_CFG])
     for needle in ("missing data_root 'data/coco/'  (CocoDataset; train_dataloader.dataset, val_dataloader.dataset)",
                    "expected layout under data_root: annotations/instances_{train,val}2017.json + {train,val}2017/",
                    "train_dataloader.dataset.data_root=/path/to/dataset/",
@@ -40,10 +44,10 @@ def test_train_coco_missing(tmp_path):
     assert not osp.exists(tmp_path / "work_dirs")  # nothing was built
 
 
-def test_test_lvis_missing(tmp_path):
+def test_test_lvis_missing(tmp_path, run):
     ckpt = tmp_path / "model.pth"
     ckpt.write_bytes(b"")
-    err = run("test.py", [LVIS_CFG, ckpt], tmp_path)
+    err = run("test", [LVIS_CFG, ckpt])
     for needle in ("missing data_root 'data/lvis_v1/'  (LVISV1Dataset; test_dataloader.dataset)",
                    "annotations/lvis_v1_{train,val}.json + the COCO 2017 images",
                    f"python tools/test.py {LVIS_CFG} CHECKPOINT --cfg-options "

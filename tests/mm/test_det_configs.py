@@ -100,3 +100,20 @@ def test_config_contents(path):
     else:
         head_cls = model.bbox_head if cfg.model.type == "RetinaNet" else model.roi_head.bbox_head
         assert head_cls.num_classes == 80 and cfg.test_evaluator.type == "CocoMetric"
+
+
+def test_readme_table_in_sync():
+    """README.md lists every detection config with its published result (the generator's table; the params / MACs
+    in its cells are checked against tools/get_flops.py by tests/tools/test_get_flops_det.py)."""
+    import re
+
+    gen = _generator()
+    with open(osp.join(ROOT, "README.md")) as f:
+        readme = gen.readme_table(f.read())
+    cell = re.escape(gen.COMPLEXITY_CELL).replace(r"\{params_m:\.1f\}", r"[\d.]+").replace(r"\{macs_g:\.1f\}",
+                                                                                          r"[\d.]+")
+    without_figures = re.sub(cell, "", readme)
+    assert without_figures == gen.table(gen.configs(), complexity=False), \
+        "README.md's detection table is out of date: run python scripts/gen_det_configs.py --readme"
+    for path in DET:
+        assert f"]({osp.relpath(path, ROOT)})" in readme, path

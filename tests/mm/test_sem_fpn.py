@@ -5,7 +5,6 @@ evaluation through tools/test.py on the ADE20K-layout demo set (one of them lear
 untrained model's)."""
 import glob
 import importlib.util
-import math
 import os.path as osp
 import re
 import sys
@@ -39,15 +38,6 @@ def _cfg_of(btype, arch, dataset="ade20k"):
     return osp.join(ROOT, "configs", folder, gen.config_name(stem, arch, dataset))
 
 
-def _core_backbone(backbone_cfg):
-    """The framework-free core of a registered backbone, with the config's arguments."""
-    from mmseg.registry import MODELS
-
-    cls = MODELS.get(backbone_cfg["type"])
-    core = next(c for c in cls.__mro__[1:] if c.__module__.startswith("effvit_plugins.models."))
-    return core(**{k: v for k, v in backbone_cfg.items() if k not in ("type", "init_cfg")})
-
-
 # ------------------------------------------------------------------------------------------------------------
 def test_one_generated_config_per_variant_and_dataset():
     generated = _generator().all_configs()
@@ -64,7 +54,7 @@ def test_one_generated_config_per_variant_and_dataset():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[osp.basename(p)[4:-3] for p in CONFIGS])
-def test_params_and_macs_are_core_backbone_plus_mmseg_fpn(path):
+def test_params_and_macs_are_core_backbone_plus_mmseg_fpn(path, core_backbone_of):
     """Whole segmentor = our core backbone + mmseg's FPN + FPNHead with the same channels (MSRA: + the two 2x2
     transposed convs and their 3x3 output convs) in params; in MACs as tools/get_flops.py counts them too
     (smallest variant of each family; the others differ only in the backbone)."""
@@ -75,7 +65,7 @@ def test_params_and_macs_are_core_backbone_plus_mmseg_fpn(path):
     shape = (512, 512) if "ade20k" in path else (1024, 2048)
     with torch.device("meta"):
         model = build_model_from_cfg(cfg, device="meta")
-        core = _core_backbone(cfg.model.backbone)
+        core = core_backbone_of(cfg.model.backbone)
     neck_cfg, head_cfg = dict(cfg.model.neck), dict(cfg.model.decode_head)
     extra = neck_cfg.get("num_extra_trans_convs", 0)
     with torch.device("meta"):
@@ -123,48 +113,11 @@ def test_get_flops_cli_prints_the_same_figures(monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------------------------------------
-def official_sem_fpn_state_dict(model, backbone_cfg):
-    """Our EfficientFormer Semantic FPN state dict in the layout of the official mmseg 0.x checkpoints
-    (architectures.md §4.4): every dense attention also stores the ImageNet table ``attention_biases`` (unused;
-    sized for 224) and the index buffers ``attention_bias_idxs`` / ``attention_bias_idxs_seg``; neck and head
-    names are mmseg's (0.x = 1.x)."""
-    imagenet = _core_backbone({**backbone_cfg, "seg_resolution": None}).state_dict()  # tables for 224
-    official = {}
-    g = torch.Generator().manual_seed(0)
-    for k, v in model.state_dict().items():
-        official[k] = v
-        if k.endswith(".attention_biases_seg"):
-            name = k[len("backbone."):-len("_seg")]
-            table = imagenet[name]
-
-            def queries(n):  # the stage-4 downsampling attention queries a half-resolution grid
-                return n if ".attn." not in k else ((math.isqrt(n) + 1) // 2) ** 2
-
-            official[k[:-len("_seg")]] = torch.randn(table.shape, generator=g)
-            for suffix, n in (("attention_bias_idxs", table.shape[1]), ("attention_bias_idxs_seg", v.shape[1])):
-                official[k.rsplit(".", 1)[0] + "." + suffix] = torch.randint(0, n, (queries(n), n), generator=g)
-    return official
-
-
 @pytest.mark.parametrize("btype,arch", [("EfficientFormerV1", "l1"), ("EfficientFormerV2", "s2")])
-def test_official_sem_fpn_checkpoint_converts_and_loads_exactly(btype, arch, tmp_path, capsys, bn_randomizer):
+def test_official_sem_fpn_checkpoint_converts_and_loads_exactly(btype, arch, ef_dense_roundtrip):
     cfg = load_config(_cfg_of(btype, arch))
-    torch.manual_seed(0)
-    src = build_model_from_cfg(cfg)
-    bn_randomizer(src)
-    for name, p in src.named_parameters():  # non-trivial dense bias tables and layer scales
-        if "attention_biases" in name or "layer_scale" in name:
-            p.data.normal_()
-    official = official_sem_fpn_state_dict(src, cfg.model.backbone)
-    extra = set(official) - set(src.state_dict())
-    assert extra and all(k.endswith(("attention_biases", "attention_bias_idxs", "attention_bias_idxs_seg"))
-                         for k in extra)
-    torch.save({"state_dict": official, "meta": {"mmseg_version": "0.19.0"}}, tmp_path / "official.pth")
-    assert _tool("convert_checkpoint").main([str(tmp_path / "official.pth"), str(tmp_path / "ours.pth")]) == 0
-    assert "segmentation checkpoint" in capsys.readouterr().out
-    fresh = build_model_from_cfg(cfg)
-    res = fresh.load_state_dict(torch.load(tmp_path / "ours.pth", weights_only=True)["state_dict"], strict=True)
-    assert not res.missing_keys and not res.unexpected_keys
+    src, fresh, _, printed = ef_dense_roundtrip(cfg, {"mmseg_version": "0.19.0"})  # the official mmseg 0.x layout
+    assert "segmentation checkpoint" in printed
     x = torch.randn(1, 3, 96, 128)
     with torch.no_grad():
         assert torch.equal(fresh(x, mode="tensor"), src(x, mode="tensor"))

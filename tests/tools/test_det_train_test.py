@@ -1,11 +1,11 @@
-"""tools/train.py and tools/test.py on detection configs, end to end (subprocesses) on the generated COCO / LVIS
-demo sets, on the CPU.
+"""tools/train.py and tools/test.py on detection configs, end to end on the generated COCO / LVIS demo sets, on the
+CPU. The tools' ``main(argv)`` run in this process (their command lines, without one torch/mmdet import per run).
 
 For one small variant of each family, RetinaNet and Mask R-CNN are trained from scratch for a few dozen iterations
-with the backbone and neck settings of our COCO config (on the demo configs' data, schedule and narrow heads):
-the loss falls, tools/test.py prints bbox (and segm) mAP from pycocotools and draws boxes and masks, and the mAP
-is clearly above that of the same model untrained (evaluated in-process with the same dataset and CocoMetric).
-The demo data is generated once per module.
+with the backbone and neck settings of our COCO config (on the demo configs' data, schedule and narrow heads, fixed
+seed): the loss falls, tools/test.py prints bbox (and segm) mAP from pycocotools and draws boxes and masks, and the
+mAP is clearly above that of the same model untrained (evaluated with the same dataset and CocoMetric; an untrained
+detector's empty result counts as 0). The demo data is generated once per module.
 """
 import glob
 import os
@@ -29,7 +29,10 @@ FAMILIES = {
     "edgevit": ("edgevit", "edgevit-xxs_fpn"),
     "efficientformer": ("efficientformer", "efficientformerv2-s0_fpn"),
 }
-ITERS = 60  # batches of 4 images, AdamW lr 1e-3 after a 5-iteration warm-up, linear decay over the last 10
+# batches of 4 images, AdamW lr 1e-3 after a 5-iteration warm-up, linear decay over the last 10. Measured on the
+# demo set: after 40 iterations Mask R-CNN reaches bbox mAP 0.09-0.28 except EfficientViT-MSRA-M0 (0.044; 0.158
+# after 60), RetinaNet 0.11 except EfficientViT-B0 (0.048; 0.066 after 60, 0.113 after 80)
+ITERS = {"retinanet": 80, "mask-rcnn": 60}
 NUM_VAL = 8
 
 
@@ -53,12 +56,13 @@ def data_options(root, kind="coco", with_val=True):
     return opts
 
 
-def write_config(path, detector, family, iters=ITERS):
+def write_config(path, detector, family):
     """A config = the demo config of ``detector`` with the backbone / neck of the family's COCO config, trained for
-    ``iters`` iterations without validation (tools/test.py evaluates afterwards)."""
+    ``ITERS[detector]`` iterations without validation (tools/test.py evaluates afterwards)."""
     from mmengine.config import Config
 
     folder, stem = FAMILIES[family]
+    iters = ITERS[detector]
     real = Config.fromfile(osp.join(ROOT, "configs", folder, f"{detector}_{stem}_8xb2-1x_coco.py"))
     backbone = dict(real.model.backbone.to_dict(), norm_eval=False)  # from scratch: BN statistics are trained
     neck = {k: v for k, v in real.model.neck.to_dict().items() if k != "_delete_"}
@@ -114,8 +118,12 @@ def untrained_metrics(config, data_root):
         return evaluator.evaluate(len(dataset))
 
 
-def losses(output):
-    return [float(m) for m in re.findall(r"Iter\(train\) \[\s*\d+/\d+\].*? loss: ([\d.]+)", output)]
+def losses(work):
+    """The training loss logged every 5 iterations, from the run's log file (the visualizer's scalars.json is not
+    per run: mmdet's runtime names one global visualizer)."""
+    (log,) = glob.glob(str(work / "*" / "*.log"))
+    with open(log) as f:
+        return [float(m) for m in re.findall(r"Iter\(train\) \[\s*\d+/\d+\].*? loss: ([\d.]+)", f.read())]
 
 
 def map_lines(stdout):
@@ -124,32 +132,31 @@ def map_lines(stdout):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("detector", ["retinanet", "mask-rcnn"])
-def test_train_then_test_beats_untrained(detector, family, coco_demo, tmp_path):
-    config = write_config(tmp_path / f"{detector}_{family}.py", detector, family)
+def test_train_then_test_beats_untrained(detector, family, coco_demo, tmp_path, capsys, load_tool):
+    config = str(write_config(tmp_path / f"{detector}_{family}.py", detector, family))
     work = tmp_path / "work"
-    r = run([TRAIN, config, "--work-dir", work, "--cfg-options"] + data_options(coco_demo, with_val=False),
-            cwd=tmp_path)
-    assert r.returncode == 0, r.output[-5000:]
-    loss = losses(r.output)
-    assert len(loss) == ITERS // 5, r.output[-3000:]
+    options = data_options(coco_demo, with_val=False)
+    load_tool("train").main([config, "--work-dir", str(work), "--cfg-options"] + options)
+    loss = losses(work)
+    assert len(loss) == ITERS[detector] // 5, loss
     assert sum(loss[-2:]) / 2 < 0.7 * sum(loss[:2]) / 2, loss  # the loss falls
-    ckpt = work / f"iter_{ITERS}.pth"
+    ckpt = work / f"iter_{ITERS[detector]}.pth"
     assert ckpt.is_file()
 
     show = tmp_path / "pictures"
-    t = run([TEST, config, ckpt, "--work-dir", tmp_path / "test", "--show-dir", show, "--cfg-options"]
-            + data_options(coco_demo, with_val=False), cwd=tmp_path)
-    assert t.returncode == 0, t.output[-5000:]
-    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in t.stdout  # pycocotools
-    trained = map_lines(t.stdout)
+    capsys.readouterr()
+    load_tool("test").main([config, str(ckpt), "--work-dir", str(tmp_path / "test"), "--show-dir", str(show),
+                            "--cfg-options"] + options)
+    out = capsys.readouterr().out
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in out  # pycocotools
+    trained = map_lines(out)
     tasks = ["bbox", "segm"] if detector == "mask-rcnn" else ["bbox"]
-    assert sorted(trained) == tasks, t.stdout[-2000:]
-    pictures = glob.glob(str(show / "*.jpg"))
-    assert len(pictures) == NUM_VAL
+    assert sorted(trained) == tasks, out[-2000:]
+    assert len(glob.glob(str(show / "*.jpg"))) == NUM_VAL
 
     before = untrained_metrics(config, coco_demo)
     for task in tasks:
-        untrained = before[f"coco/{task}_mAP"]
+        untrained = before.get(f"coco/{task}_mAP", 0.0)  # CocoMetric returns nothing when nothing was detected
         assert trained[task] >= untrained + 0.05, (task, trained, before)
 
 

@@ -5,6 +5,7 @@ import glob
 import importlib.util
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -80,8 +81,31 @@ def test_configs_found():
     assert len(DET_CONFIGS) >= 51  # RetinaNet + Mask R-CNN for all 23 variants, LVIS for 5
 
 
+def _generator():
+    spec = importlib.util.spec_from_file_location("_gen_det", osp.join(ROOT, "scripts", "gen_det_configs.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def readme_cells():
+    """README detection table: config path -> its cell."""
+    gen = _generator()
+    with open(osp.join(ROOT, "README.md")) as f:
+        rows = gen.readme_table(f.read()).splitlines()
+    cells = {}
+    for row in rows:
+        for cell in row.split(" | "):
+            m = re.search(r"\]\((configs/[^)]+\.py)\)", cell)
+            if m:
+                cells[m.group(1)] = (cell, gen.COMPLEXITY_CELL)
+    return cells
+
+
 @pytest.mark.parametrize("path", DET_CONFIGS, ids=[osp.basename(p) for p in DET_CONFIGS])
-def test_backbone_and_neck_complexity(path):
+def test_backbone_and_neck_complexity(path, readme_cells):
+    """tools/get_flops.py's count = the backbone alone + the FPN written out; the README shows the same figures."""
     cfg = Config.fromfile(path)
     got = _tool().detector_complexity(cfg, (800, 1333))
     assert got["padded"] == (800, 1344)
@@ -90,6 +114,9 @@ def test_backbone_and_neck_complexity(path):
     assert got["params"] == p_bb + p_neck
     assert got["macs"] == m_bb + m_neck
     assert got["total_params"] > got["params"]
+    cell, fmt = readme_cells[osp.relpath(path, ROOT)]
+    assert fmt.format(params_m=got["params"] / 1e6, macs_g=got["macs"] / 1e9) in cell, \
+        "README.md: run python scripts/gen_det_configs.py --readme"
 
 
 def test_cli_without_dataset(tmp_path):
