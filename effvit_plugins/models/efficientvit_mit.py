@@ -19,7 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
-from .layers import ConvNormAct, autocast_off, like_memory_format, set_norm_eps, use_channels_last
+from .layers import (ConvNormAct, autocast_off, is_channels_last, like_memory_format, set_norm_eps,
+                     use_channels_last)
 
 FAMILY = "EfficientViT-MIT"
 
@@ -214,6 +215,8 @@ class LiteMLA(nn.Module):
 
     def _attention(self, qkv: torch.Tensor) -> torch.Tensor:
         B, C, H, W = qkv.shape
+        if H * W > self.dim and is_channels_last(qkv):
+            return self._linear_attention_tokens(qkv)
         qkv = qkv.float().reshape(B, C // (3 * self.dim), 3 * self.dim, H * W)
         q, k, v = qkv.split(self.dim, dim=2)
         q = self.kernel_func(q)
@@ -228,6 +231,28 @@ class LiteMLA(nn.Module):
             att = att / (att.sum(dim=2, keepdim=True) + self.eps)
             out = torch.matmul(v, att)
         return out.reshape(B, C // 3, H, W)
+
+    def _linear_attention_tokens(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The linear attention of a channels-last ``qkv`` map, computed on its token view (no layout copies).
+
+        The same products as :meth:`_attention`, transposed: per head ``k^T (v | 1)`` is ``(d, d+1)`` and
+        ``q (k^T (v | 1))`` is ``(N, d+1)`` whose last column normalises. The result is written straight into a
+        channels-last map (what the following 1x1 projection reads), instead of being reshaped and copied twice.
+        """
+        B, C, H, W = qkv.shape
+        d, heads = self.dim, C // (3 * self.dim)
+        t = qkv.permute(0, 2, 3, 1).float().reshape(B, H * W, heads, 3 * d).transpose(1, 2)  # (B, h, N, 3d) view
+        q = self.kernel_func(t[..., :d])
+        k = self.kernel_func(t[..., d:2 * d])
+        v = F.pad(t[..., 2 * d:], (0, 1), mode="constant", value=1.0)  # (B, h, N, d+1)
+        out = torch.matmul(q, torch.matmul(k.transpose(-1, -2), v))  # (B, h, N, d+1)
+        num, den = out[..., :d], out[..., d:] + self.eps
+        if torch.is_grad_enabled() or torch.jit.is_tracing():  # autograd / export: no out= argument
+            result = (num / den).transpose(1, 2).reshape(B, H, W, heads * d)
+        else:
+            result = qkv.new_empty((B, H, W, heads * d), dtype=out.dtype)
+            torch.div(num, den, out=result.view(B, H * W, heads, d).transpose(1, 2))
+        return result.permute(0, 3, 1, 2)  # (B, C/3, H, W), channels-last
 
     def forward(self, x):
         qkv = self.qkv(x)

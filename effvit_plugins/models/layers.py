@@ -181,9 +181,14 @@ def use_channels_last(option, x: torch.Tensor, training: bool = False) -> bool:
     return (x.device.type == "cpu" and not training) if option is None else bool(option)
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-D tensor stored channels-last (and not also plain contiguous, as 1x1 maps or 1-channel maps are)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def like_memory_format(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """``x`` in channels-last layout if ``ref`` is channels-last (keeps a channels-last network channels-last)."""
-    if ref.dim() == 4 and not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last):
+    if is_channels_last(ref):
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
