@@ -93,7 +93,7 @@ def measure(section: str, families, latency: str = "none", repeat: int = 3, thre
             wrapper = (SegmentorLogits if section == "segmentation" else ClassifierLogits)(model).eval()
             name = f"{row['family']}/{row['variant']}"
             if latency == "all":
-                t_torch, t_ort, err = torch_vs_onnxruntime(wrapper, run_shape, repeat=repeat, threads=threads,
+                t_torch, t_ort, err, _ = torch_vs_onnxruntime(wrapper, run_shape, repeat=repeat, threads=threads,
                                                             what=name)
                 result.update(ort_ms=t_ort * 1e3, ort_rel_error=err)
             else:

@@ -167,6 +167,9 @@ def ort_session(path: str, threads: Optional[int] = None, optimize: bool = True)
     so.intra_op_num_threads = int(threads or torch.get_num_threads())
     so.inter_op_num_threads = 1
     so.log_severity_level = 4
+    # no busy-waiting of idle pool threads after a run: they would steal the cores from whatever runs next in
+    # this process (PyTorch timed interleaved with onnxruntime was up to 20x slower with spinning on)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
@@ -340,17 +343,20 @@ def time_interleaved(fns: Sequence[Callable[[], object]], repeat: int = 5, warmu
 
 def torch_vs_onnxruntime(model: nn.Module, shape: Tuple[int, int], repeat: int = 5, warmup: int = 1,
                          threads: Optional[int] = None, workdir: Optional[str] = None,
-                         what: str = "the model") -> Tuple[float, float, float]:
+                         what: str = "the model", references: Sequence[Callable[[torch.Tensor], object]] = ()
+                         ) -> Tuple[float, float, float, List[float]]:
     """Median latency (seconds) of ``model`` in PyTorch eager (inference mode) and in onnxruntime (CPU, all graph
-    optimisations) on one ``(1, 3, H, W)`` input, timed interleaved in this process; and the export's max
-    relative error. The ONNX file lives in a temporary folder."""
+    optimisations) on one ``(1, 3, H, W)`` input, timed interleaved in this process; the export's max relative
+    error; and the medians of the ``references`` (other callables of the same input, e.g. another
+    implementation), timed in the same interleaved rounds. The ONNX file lives in a temporary folder."""
     x = torch.randn(1, 3, int(shape[0]), int(shape[1]))
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         path = os.path.join(d, "model.onnx")
         report = export_onnx(model, path, shape, dynamic=False, what=what)
         sess = ort_session(path, threads)
         feed = {sess.get_inputs()[0].name: x.numpy()}
+        fns = [lambda: model(x), lambda: sess.run(None, feed)] + [lambda f=f: f(x) for f in references]
         with torch.inference_mode():
-            t_torch, t_ort = time_interleaved([lambda: model(x), lambda: sess.run(None, feed)], repeat, warmup)
+            t_torch, t_ort, *t_refs = time_interleaved(fns, repeat, warmup)
         del sess
-    return t_torch, t_ort, report.max_rel_error
+    return t_torch, t_ort, report.max_rel_error, t_refs
