@@ -265,7 +265,12 @@ def suite_onnx(args, device, dtype):
             refs = []
             if timm_name:
                 ref = timm_features(timm, timm_name, size).eval()
-                refs = [ref]
+                try:
+                    with torch.inference_mode():
+                        ref(torch.randn(1, 3, size, size))
+                    refs = [ref]
+                except RuntimeError as e:  # e.g. fixed-resolution attention biases
+                    print(f"  (timm {timm_name} cannot run at {size}x{size}: {str(e).splitlines()[0][:90]})")
             t_eager, t_ort, err, t_refs = torch_vs_onnxruntime(ours, (size, size), args.repeat, args.warmup,
                                                                threads, what=f"{mod_name}-{arch}",
                                                                references=refs)

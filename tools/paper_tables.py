@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The papers' tables next to what this project measures, per family, in Markdown, and a speed picture.
 
-    python tools/paper_tables.py [--families efficientvit_mit ...] [--latency all|torch|none] [--repeat 3]
+    python tools/paper_tables.py [--families efficientvit_mit ...] [--variants b1 ...] [--latency all|torch|none] [--repeat 3]
                                  [--threads N] [--seg-shape H W] [--evaluated results.json]
                                  [--markdown FILE] [--plot FILE] [--readme README.md | --check-readme README.md]
 
@@ -42,6 +42,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Published tables next to our measurements")
     families = list(pub.load()["families"])
     p.add_argument("--families", nargs="+", default=families, choices=families)
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="only these variants (e.g. xxs b1), for a quick run; not with --readme / --check-readme")
     p.add_argument("--latency", default="all", choices=["all", "torch", "none"],
                    help="measure latency in PyTorch and onnxruntime (all), PyTorch only, or not at all")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per model (median)")
@@ -66,7 +68,7 @@ def log(msg: str) -> None:
 # measuring
 # ---------------------------------------------------------------------------------------------------------------
 def measure(section: str, families, latency: str = "none", repeat: int = 3, threads: Optional[int] = None,
-            seg_shape=None) -> List[dict]:
+            seg_shape=None, variants: Optional[List[str]] = None) -> List[dict]:
     """One dict per row of ``section`` in ``families``: the row plus ``params_M``, ``macs_G`` (ours) and, with
     ``latency``, ``torch_ms`` / ``ort_ms`` / ``ort_rel_error``."""
     import torch
@@ -78,7 +80,7 @@ def measure(section: str, families, latency: str = "none", repeat: int = 3, thre
     if threads:
         torch.set_num_threads(threads)
     out = []
-    rows = [r for r in pub.rows(section) if r["family"] in families]
+    rows = [r for r in pub.rows(section) if r["family"] in families and (not variants or r["variant"] in variants)]
     for i, row in enumerate(rows):
         cfg = load_config(os.path.join(ROOT, row["config"]))
         res = row["resolution"]
@@ -315,10 +317,15 @@ def main(argv=None):
         with open(args.evaluated, encoding="utf-8") as f:
             evaluated = json.load(f)
     fams = args.families
-    if args.readme or args.check_readme:  # the README holds every family
+    if args.readme or args.check_readme:  # the README holds every family and variant
+        if args.variants:
+            sys.exit("--variants selects a part of the tables; the README section holds all of them: drop it")
         fams = list(pub.load()["families"])
-    cls_results = measure("classification", fams, args.latency, args.repeat, args.threads)
-    seg_results = measure("segmentation", fams, args.latency, args.repeat, args.threads, args.seg_shape)
+    cls_results = measure("classification", fams, args.latency, args.repeat, args.threads, variants=args.variants)
+    seg_results = measure("segmentation", fams, args.latency, args.repeat, args.threads, args.seg_shape,
+                          args.variants)
+    if args.variants and not cls_results and not seg_results:
+        sys.exit(f"no variant of {', '.join(fams)} is called {', '.join(args.variants or [])}")
     markdown = render(cls_results, seg_results, fams, evaluated, with_latency=args.latency != "none")
     print(markdown)
     if args.markdown:

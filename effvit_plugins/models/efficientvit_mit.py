@@ -183,6 +183,29 @@ def local_block(kind: str, in_ch: int, out_ch: int, stride: int, expand_ratio: f
     raise ValueError(f"unknown block kind {kind!r}")
 
 
+class GroupedPointwiseConv(nn.Conv2d):
+    """A grouped 1x1 convolution (bias-free) computed as one batched matrix product over the groups.
+
+    PyTorch's CPU convolution runs a grouped 1x1 conv as one small GEMM call per group (96 per attention layer in
+    L3's last stage); a single ``bmm`` of the ``(groups, tokens, in/groups)`` view does the same sums at once. The
+    parameter is the ``Conv2d`` weight (same checkpoint key and shape); channels-last inputs give channels-last
+    outputs.
+    """
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__(channels, channels, 1, groups=groups, bias=False)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        g = self.groups
+        w = self.weight.view(g, self.out_channels // g, C // g)  # (g, out/g, in/g)
+        if is_channels_last(x):  # token view (g, B*H*W, in/g) of the (B, H, W, C) storage, no copy
+            t = x.permute(0, 2, 3, 1).reshape(B * H * W, g, C // g).transpose(0, 1)
+            y = torch.bmm(t, w.transpose(1, 2))  # (g, B*H*W, out/g)
+            return y.transpose(0, 1).reshape(B, H, W, self.out_channels).permute(0, 3, 1, 2)
+        return torch.matmul(w, x.reshape(B, g, C // g, H * W)).reshape(B, self.out_channels, H, W)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Multi-scale ReLU linear attention
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,7 +230,7 @@ class LiteMLA(nn.Module):
         self.aggreg = nn.ModuleList([
             nn.Sequential(
                 nn.Conv2d(3 * total, 3 * total, s, padding=s // 2, groups=3 * total, bias=False),
-                nn.Conv2d(3 * total, 3 * total, 1, groups=3 * heads, bias=False),
+                GroupedPointwiseConv(3 * total, groups=3 * heads),
             ) for s in scales
         ])
         self.kernel_func = nn.ReLU(inplace=False)

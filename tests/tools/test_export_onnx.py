@@ -93,6 +93,25 @@ def test_features_of_a_classifier_config_are_every_backbone_map(tmp_path, repo_r
     assert report.output_names == ["stride8", "stride32"] and not report.dynamic
 
 
+@pytest.mark.parametrize("rel", sorted(r for r in SMALLEST if "mit" not in r),
+                         ids=lambda r: os.path.basename(r).split("_")[0])
+def test_features_of_the_smallest_fixed_size_backbones(rel, tmp_path, repo_root, load_tool, bn_randomizer):
+    """Every backbone map of each fixed-size family's smallest variant, BN folded, equals PyTorch in onnxruntime
+    (MIT's dynamic features are tested above)."""
+    model, ckpt = _checkpoint(repo_root, rel, tmp_path, bn_randomizer)
+    out = tmp_path / "feat.onnx"
+    report = _run_tool(load_tool, repo_root, rel, ckpt, out, (160, 192), "--features")
+    n_maps = model.backbone.num_stages
+    assert report.output_names == [f"stride{s}" for s in model.backbone.stage_strides]
+    assert len(report.checks) == 1 and report.max_rel_error < 1e-4 and unfolded_batchnorms(str(out)) == []
+    x = torch.randn(1, 3, 160, 192)
+    with torch.inference_mode():
+        ref = model.backbone.forward_intermediates(x, intermediates_only=True)
+    outs = _ort(str(out), x)
+    assert len(outs) == len(ref) == n_maps
+    assert all(max_relative_error(o, r.numpy()) < 1e-4 for o, r in zip(outs, ref))
+
+
 def test_features_with_a_neck_export_the_neck_outputs(tmp_path):
     from mmengine.config import Config
 

@@ -87,9 +87,9 @@ def test_readme_section_is_generated_by_the_tool(all_results, tables, repo_root)
 def test_latency_picture_and_markdown_for_one_family(tables, tmp_path, capsys):
     ev = tmp_path / "evaluated.json"
     ev.write_text(json.dumps({"classification": {"edgevit/xxs": {"top1": 70.0}}}))
-    cls, seg, md = tables.main(["--families", "edgevit", "--repeat", "1", "--evaluated", str(ev), "--markdown",
-                                str(tmp_path / "t.md"), "--plot", str(tmp_path / "speed.png")])
-    assert [r["variant"] for r in cls] == ["xxs", "xs", "s"] and seg == []
+    cls, seg, md = tables.main(["--families", "edgevit", "--variants", "xxs", "--repeat", "1", "--evaluated", str(ev),
+                                "--markdown", str(tmp_path / "t.md"), "--plot", str(tmp_path / "speed.png")])
+    assert [r["variant"] for r in cls] == ["xxs"] and seg == []  # one tiny variant keeps the test fast
     for r in cls:  # both runtimes timed, and the ONNX model used for timing reproduced PyTorch
         assert r["torch_ms"] > 0 and r["ort_ms"] > 0 and r["ort_rel_error"] < 1e-4
     assert "PyTorch (ms) | onnxruntime (ms) |" in md and "| 74.4 [1] | 70.00 |" in md
