@@ -196,6 +196,8 @@ class GroupedPointwiseConv(nn.Conv2d):
         super().__init__(channels, channels, 1, groups=groups, bias=False)
 
     def forward(self, x):
+        if torch.jit.is_tracing():  # exported as the grouped Conv it is (runtimes have fast grouped convs)
+            return super().forward(x)
         B, C, H, W = x.shape
         g = self.groups
         w = self.weight.view(g, self.out_channels // g, C // g)  # (g, out/g, in/g)
