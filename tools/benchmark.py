@@ -17,7 +17,7 @@ Suites:
              threshold is set to 0 so random weights still produce detections) and backbone alone.
              Target: every backbone >= 2x faster than ResNet-50.
   onnx       deployment: each family's smallest and largest backbone (and MSRA-M4) at 224x224 and 512x512 -- our
-             PyTorch eager, our onnxruntime export (BN folded, opset 17, fixed size) and timm's same variant
+             PyTorch eager, our onnxruntime export (BN folded, opset 20, fixed size) and timm's same variant
              (``features_only``) timed in the same interleaved rounds -- and the EfficientViT-B1 SegHead segmentor
              (Cityscapes config, logits at the input size) at 1024x2048, eager vs onnxruntime.  Targets: every
              backbone no slower than timm in eager mode; onnxruntime >= 1.3x faster than eager for the segmentor.

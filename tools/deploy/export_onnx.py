@@ -2,7 +2,7 @@
 """Export a config's model to ONNX, checked against PyTorch with onnxruntime.
 
     python tools/deploy/export_onnx.py CONFIG [CHECKPOINT] --shape H W [--dynamic] [--features [--out-indices I ...]]
-                                       [--out FILE] [--opset 17] [--check-shape H W] [--no-check]
+                                       [--out FILE] [--opset 20] [--check-shape H W] [--no-check]
                                        [--cfg-options k=v ...]
 
 What is exported (input: one preprocessed image batch ``input`` of shape (N, 3, H, W), float32, RGB normalised
@@ -13,9 +13,9 @@ with the config's mean/std, printed at the end):
 * ``--features`` (any config): the backbone's feature maps ``stride<s>`` -- every map the backbone has, or
   ``--out-indices`` -- or, for a config with a neck, the neck's outputs ``neck<i>``.
 
-BatchNorm is folded into the convolutions, the opset is 17, everything runs in float32. ``--dynamic`` makes
-batch, height and width dynamic; it is accepted only for models whose graph is valid at any size (EfficientViT
-(MIT) classifiers, backbones and segmentors), which the check proves at a second size. The other families are
+BatchNorm is folded into the convolutions, the opset is 20 (``--opset 17`` for older runtimes), everything runs in
+float32. ``--dynamic`` makes batch, height and width dynamic; it is accepted only for models whose graph is valid at
+any size (EfficientViT (MIT) classifiers, backbones and segmentors), which the check proves at a second size. The other families are
 exported for a fixed H x W (their graphs hold window partitions / attention-bias tables for that size).
 
 The check runs onnxruntime (CPU) and PyTorch on the same random input: the largest difference must be within
@@ -44,7 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--out-indices", type=int, nargs="+", default=None,
                    help="with --features: which backbone maps (default: all)")
     p.add_argument("--out", default=None, help="output .onnx file")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset (default 20; 17 for runtimes without opset 20: GELU then is element-wise nodes)")
     p.add_argument("--check-shape", type=int, nargs=2, action="append", default=None, metavar=("H", "W"),
                    help="sizes to check at instead of the defaults (repeatable)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
