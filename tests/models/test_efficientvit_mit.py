@@ -19,7 +19,8 @@ import torch
 from timm.models.efficientvit_mit import LiteMLA as TimmLiteMLA
 
 from effvit_plugins.models.efficientvit_mit import (ARCH_SETTINGS, EfficientViTMITBackbone,
-                                                    EfficientViTMITClassifier, LiteMLA, convert_official_checkpoint)
+                                                    EfficientViTMITClassifier, GroupedPointwiseConv, LiteMLA,
+                                                    convert_official_checkpoint)
 
 CLASSIFIERS = [a for a, s in ARCH_SETTINGS.items() if s["head_widths"] is not None]  # L0 has no ImageNet model
 
@@ -151,6 +152,23 @@ def test_token_layout_attention_equals_the_plain_path(hw):
     assert torch.allclose(ref, ref_fast, rtol=1e-5, atol=1e-6 * ref.abs().max().item())
     for a, b in ((out, ref), (fast, ref), (grad, ref_grad)):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_grouped_pointwise_conv_as_batched_matmul_equals_the_conv(layout):
+    """The aggregation's grouped 1x1 conv computed as one bmm: the conv's values and gradients, the input's layout
+    kept, and a plain grouped Conv while tracing (what ONNX gets)."""
+    torch.manual_seed(0)
+    m = GroupedPointwiseConv(48, groups=6)
+    x = torch.randn(2, 48, 5, 7).contiguous(memory_format=layout).requires_grad_()
+    out, ref = m(x), torch.nn.functional.conv2d(x, m.weight, groups=6)
+    g = torch.randn_like(ref)
+    grads = [torch.autograd.grad(y, (x, m.weight), g) for y in (out, ref)]
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(*grads))
+    assert out.is_contiguous(memory_format=layout)
+    graph = torch.jit.trace(m, x.detach()).graph
+    assert "aten::_convolution" in str(graph) and "aten::bmm" not in str(graph)
 
 
 def test_linear_attention_fp32_under_bf16_autocast():
