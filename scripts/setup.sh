@@ -82,7 +82,7 @@ STEP="OpenMMLab stack + test tools (requirements.txt)"
 # present (found, not imported: the final check imports the libraries) and consistent (pip check)
 if "$PY" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))' \
      mmengine mmdet mmseg mmpretrain timm pycocotools lvis cityscapesscripts ftfy regex pytest \
-     fvcore iopath omegaconf hydra yacs tabulate cloudpickle termcolor tqdm matplotlib tensorboard black \
+     fvcore iopath omegaconf hydra yacs tabulate cloudpickle termcolor tqdm matplotlib tensorboard black onnx onnxruntime \
    && "$PY" -m pip check >/dev/null 2>&1; then
   say "requirements already satisfied"
 else
@@ -152,6 +152,7 @@ import mmcv, mmcv.ops, torch
 from mmcv.ops import nms, RoIAlign  # noqa: F401  (compiled ops must be present)
 import detectron2, detectron2._C  # noqa: F401  (Detectron2's compiled ops)
 import mmengine, mmseg, mmdet, mmpretrain, effvit_plugins  # noqa: F401
+import onnx, onnxruntime  # noqa: F401  (tools/deploy/export_onnx.py, onnxruntime benchmark)
 print(f"[setup] ok: torch {torch.__version__}, mmcv {mmcv.__version__} (ops loaded), mmengine {mmengine.__version__}, "
       f"mmseg {mmseg.__version__}, mmdet {mmdet.__version__}, mmpretrain {mmpretrain.__version__}, "
       f"detectron2 {detectron2.__version__} (ops loaded)")

@@ -16,6 +16,11 @@ Suites:
              (``predict``: RPN, 1000 proposals, box head, and the mask head on 100 detections -- the score
              threshold is set to 0 so random weights still produce detections) and backbone alone.
              Target: every backbone >= 2x faster than ResNet-50.
+  onnx       deployment: each family's smallest and largest backbone (and MSRA-M4) at 224x224 and 512x512 -- our
+             PyTorch eager, our onnxruntime export (BN folded, opset 20, fixed size) and timm's same variant
+             (``features_only``) timed in the same interleaved rounds -- and the EfficientViT-B1 SegHead segmentor
+             (Cityscapes config, logits at the input size) at 1024x2048, eager vs onnxruntime.  Targets: every
+             backbone no slower than timm in eager mode; onnxruntime >= 1.3x faster than eager for the segmentor.
 
 Each pair is timed alternately (ours, reference, ours, ...) after warm-up; the median of ``--repeat`` runs is
 reported together with ``speed-up = reference / ours``. Nothing here is a test: numbers depend on the machine.
@@ -33,14 +38,16 @@ import torch  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Latency benchmark (ours vs reference, same process)")
-    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families", "det"],
-                   choices=["seg", "backbones", "families", "det"])
+    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families", "det", "onnx"],
+                   choices=["seg", "backbones", "families", "det", "onnx"])
     p.add_argument("--repeat", type=int, default=10, help="timed runs per model (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--variants", nargs="+", default=None, help="restrict the backbones suite (e.g. b0 b1)")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="restrict the backbones / onnx suites (e.g. b0 l3 m4 seg-b1)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[224, 512], help="onnx suite: backbone input sides")
     return p.parse_args(argv)
 
 
@@ -208,6 +215,77 @@ def suite_det(args, device, dtype):
         report(f"Mask R-CNN {name}", f"{h}x{w}", t_ours, t_ref, "R-50")
         t_ours, t_ref = time_pair(ours.backbone, ref.backbone, x_pad, args.repeat, args.warmup, device, dtype)
         report(f"  backbone {name}", f"{h}x{w}", t_ours, t_ref, "R-50")
+
+
+ONNX_BACKBONES = (  # (our core module, backbone class, arch, timm name or None): smallest and largest per family
+    ("efficientvit_mit", "EfficientViTMITBackbone", "b0", "efficientvit_b0"),
+    ("efficientvit_mit", "EfficientViTMITBackbone", "l3", "efficientvit_l3"),
+    ("efficientvit_msra", "EfficientViTMSRABackbone", "m0", "efficientvit_m0"),
+    ("efficientvit_msra", "EfficientViTMSRABackbone", "m4", "efficientvit_m4"),
+    ("efficientvit_msra", "EfficientViTMSRABackbone", "m5", "efficientvit_m5"),
+    ("edgevit", "EdgeViTBackbone", "xxs", None),
+    ("edgevit", "EdgeViTBackbone", "s", None),
+    ("efficientformer_v1", "EfficientFormerV1Backbone", "l1", "efficientformer_l1"),
+    ("efficientformer_v1", "EfficientFormerV1Backbone", "l7", "efficientformer_l7"),
+    ("efficientformer_v2", "EfficientFormerV2Backbone", "s0", "efficientformerv2_s0"),
+    ("efficientformer_v2", "EfficientFormerV2Backbone", "l", "efficientformerv2_l"),
+)
+ONNX_SEGMENTOR = "configs/efficientvit_mit/efficientvit-seghead_efficientvit-b1_8xb2-160k_cityscapes-1024x2048.py"
+
+
+def _deploy_line(name, shape, t_eager, t_ort, err, t_timm=None):
+    line = (f"{name:<28} {shape:<10} eager {t_eager * 1e3:9.1f} ms | onnxruntime {t_ort * 1e3:9.1f} ms "
+            f"(x{t_eager / t_ort:4.2f}, rel. err {err:.1e})")
+    if t_timm is not None:
+        line += f" | timm eager {t_timm * 1e3:9.1f} ms (ours x{t_timm / t_eager:4.2f})"
+    print(line, flush=True)
+
+
+def suite_onnx(args, device, dtype):
+    import importlib
+
+    import timm
+
+    from effvit_plugins.mm.deploy import build_export_model
+    from effvit_plugins.mm.tools_common import load_config
+    from effvit_plugins.utils.onnx_export import ExportError, torch_vs_onnxruntime
+
+    if device != "cpu" or dtype != torch.float32:
+        print("== onnx suite: CPU float32 only (onnxruntime CPU provider); skipped ==")
+        return
+    threads = torch.get_num_threads()
+    print(f"== deployment: PyTorch eager vs onnxruntime ({threads} threads) and timm eager, batch 1, "
+          f"median of {args.repeat} interleaved rounds ==")
+    wanted = set(args.variants) if args.variants else None
+    for mod_name, cls_name, arch, timm_name in ONNX_BACKBONES:
+        if wanted is not None and arch not in wanted:
+            continue
+        ours = getattr(importlib.import_module(f"effvit_plugins.models.{mod_name}"), cls_name)(arch).eval()
+        for size in args.sizes:
+            refs = []
+            if timm_name:
+                ref = timm_features(timm, timm_name, size).eval()
+                try:
+                    with torch.inference_mode():
+                        ref(torch.randn(1, 3, size, size))
+                    refs = [ref]
+                except RuntimeError as e:  # e.g. fixed-resolution attention biases
+                    print(f"  (timm {timm_name} cannot run at {size}x{size}: {str(e).splitlines()[0][:90]})")
+            try:
+                t_eager, t_ort, err, t_refs = torch_vs_onnxruntime(ours, (size, size), args.repeat, args.warmup,
+                                                                   threads, what=f"{mod_name}-{arch}",
+                                                                   references=refs)
+            except ExportError as e:  # e.g. onnxruntime beyond the 1e-4 tolerance: not timed, said why
+                print(f"{mod_name}-{arch:<10} {size}x{size}: not timed: {str(e)[:200]}", flush=True)
+                continue
+            _deploy_line(f"{mod_name}-{arch}", f"{size}x{size}", t_eager, t_ort, err,
+                         t_refs[0] if t_refs else None)
+    if wanted is None or "seg-b1" in wanted:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        seg, _, _ = build_export_model(load_config(os.path.join(root, ONNX_SEGMENTOR)))
+        t_eager, t_ort, err, _ = torch_vs_onnxruntime(seg, (1024, 2048), args.repeat, args.warmup, threads,
+                                                      what="EfficientViT-B1 SegHead")
+        _deploy_line("EfficientViT-B1 SegHead", "1024x2048", t_eager, t_ort, err)
 
 
 def timm_features(timm, name, size):

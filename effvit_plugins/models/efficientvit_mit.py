@@ -19,7 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
-from .layers import ConvNormAct, autocast_off, like_memory_format, set_norm_eps, use_channels_last
+from .layers import (ConvNormAct, autocast_off, is_channels_last, like_memory_format, set_norm_eps,
+                     use_channels_last)
 
 FAMILY = "EfficientViT-MIT"
 
@@ -182,6 +183,31 @@ def local_block(kind: str, in_ch: int, out_ch: int, stride: int, expand_ratio: f
     raise ValueError(f"unknown block kind {kind!r}")
 
 
+class GroupedPointwiseConv(nn.Conv2d):
+    """A grouped 1x1 convolution (bias-free) computed as one batched matrix product over the groups.
+
+    PyTorch's CPU convolution runs a grouped 1x1 conv as one small GEMM call per group (96 per attention layer in
+    L3's last stage); a single ``bmm`` of the ``(groups, tokens, in/groups)`` view does the same sums at once. The
+    parameter is the ``Conv2d`` weight (same checkpoint key and shape); channels-last inputs give channels-last
+    outputs.
+    """
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__(channels, channels, 1, groups=groups, bias=False)
+
+    def forward(self, x):
+        if torch.jit.is_tracing():  # exported as the grouped Conv it is (runtimes have fast grouped convs)
+            return super().forward(x)
+        B, C, H, W = x.shape
+        g = self.groups
+        w = self.weight.view(g, self.out_channels // g, C // g)  # (g, out/g, in/g)
+        if is_channels_last(x):  # token view (g, B*H*W, in/g) of the (B, H, W, C) storage, no copy
+            t = x.permute(0, 2, 3, 1).reshape(B * H * W, g, C // g).transpose(0, 1)
+            y = torch.bmm(t, w.transpose(1, 2))  # (g, B*H*W, out/g)
+            return y.transpose(0, 1).reshape(B, H, W, self.out_channels).permute(0, 3, 1, 2)
+        return torch.matmul(w, x.reshape(B, g, C // g, H * W)).reshape(B, self.out_channels, H, W)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Multi-scale ReLU linear attention
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,7 +232,7 @@ class LiteMLA(nn.Module):
         self.aggreg = nn.ModuleList([
             nn.Sequential(
                 nn.Conv2d(3 * total, 3 * total, s, padding=s // 2, groups=3 * total, bias=False),
-                nn.Conv2d(3 * total, 3 * total, 1, groups=3 * heads, bias=False),
+                GroupedPointwiseConv(3 * total, groups=3 * heads),
             ) for s in scales
         ])
         self.kernel_func = nn.ReLU(inplace=False)
@@ -214,6 +240,8 @@ class LiteMLA(nn.Module):
 
     def _attention(self, qkv: torch.Tensor) -> torch.Tensor:
         B, C, H, W = qkv.shape
+        if H * W > self.dim and is_channels_last(qkv):
+            return self._linear_attention_tokens(qkv)
         qkv = qkv.float().reshape(B, C // (3 * self.dim), 3 * self.dim, H * W)
         q, k, v = qkv.split(self.dim, dim=2)
         q = self.kernel_func(q)
@@ -228,6 +256,28 @@ class LiteMLA(nn.Module):
             att = att / (att.sum(dim=2, keepdim=True) + self.eps)
             out = torch.matmul(v, att)
         return out.reshape(B, C // 3, H, W)
+
+    def _linear_attention_tokens(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The linear attention of a channels-last ``qkv`` map, computed on its token view (no layout copies).
+
+        The same products as :meth:`_attention`, transposed: per head ``k^T (v | 1)`` is ``(d, d+1)`` and
+        ``q (k^T (v | 1))`` is ``(N, d+1)`` whose last column normalises. The result is written straight into a
+        channels-last map (what the following 1x1 projection reads), instead of being reshaped and copied twice.
+        """
+        B, C, H, W = qkv.shape
+        d, heads = self.dim, C // (3 * self.dim)
+        t = qkv.permute(0, 2, 3, 1).float().reshape(B, H * W, heads, 3 * d).transpose(1, 2)  # (B, h, N, 3d) view
+        q = self.kernel_func(t[..., :d])
+        k = self.kernel_func(t[..., d:2 * d])
+        v = F.pad(t[..., 2 * d:], (0, 1), mode="constant", value=1.0)  # (B, h, N, d+1)
+        out = torch.matmul(q, torch.matmul(k.transpose(-1, -2), v))  # (B, h, N, d+1)
+        num, den = out[..., :d], out[..., d:] + self.eps
+        if torch.is_grad_enabled() or torch.jit.is_tracing():  # autograd / export: no out= argument
+            result = (num / den).transpose(1, 2).reshape(B, H, W, heads * d)
+        else:
+            result = qkv.new_empty((B, H, W, heads * d), dtype=out.dtype)
+            torch.div(num, den, out=result.view(B, H * W, heads, d).transpose(1, 2))
+        return result.permute(0, 3, 1, 2)  # (B, C/3, H, W), channels-last
 
     def forward(self, x):
         qkv = self.qkv(x)

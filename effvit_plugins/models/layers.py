@@ -177,13 +177,21 @@ class ConvNormAct(nn.Module):
 def use_channels_last(option, x: torch.Tensor, training: bool = False) -> bool:
     """Whether to run a conv-heavy network channels-last: ``None`` = for inference on the CPU, where oneDNN is much
     faster with it for these models (measured 1.2-2.5x on EfficientViT-MIT and EfficientFormer; not used where it
-    did not help). Not by default in training (DDP's gradient buckets expect the parameters' own layout)."""
-    return (x.device.type == "cpu" and not training) if option is None else bool(option)
+    did not help). Not by default in training (DDP's gradient buckets expect the parameters' own layout), nor while
+    tracing (an ONNX graph is NCHW: the layout changes would become Transpose copies in every runtime)."""
+    if option is None:
+        return x.device.type == "cpu" and not training and not (torch.jit.is_tracing() or torch.jit.is_scripting())
+    return bool(option)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-D tensor stored channels-last (and not also plain contiguous, as 1x1 maps or 1-channel maps are)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def like_memory_format(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """``x`` in channels-last layout if ``ref`` is channels-last (keeps a channels-last network channels-last)."""
-    if ref.dim() == 4 and not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last):
+    if is_channels_last(ref):
         return x.contiguous(memory_format=torch.channels_last)
     return x
 

@@ -8,21 +8,13 @@ import torch
 
 from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config, model_complexity
 from effvit_plugins.models import edgevit, efficientformer_v1, efficientformer_v2, efficientvit_mit, efficientvit_msra
+from effvit_plugins.utils.published import official_complexity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLS_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*_in1k.py")))
-# (params M, MACs G) at 224 of the official classifiers (architectures.md)
-TARGETS = {
-    "efficientvit-mit-b0": (3.41, 0.100), "efficientvit-mit-b1": (9.10, 0.519), "efficientvit-mit-b2": (24.33, 1.585),
-    "efficientvit-mit-b3": (48.65, 3.954), "efficientvit-mit-l1": (52.65, 5.258), "efficientvit-mit-l2": (63.71, 6.950),
-    "efficientvit-mit-l3": (246.04, 27.59),
-    "efficientvit-msra-m0": (2.35, 0.079), "efficientvit-msra-m1": (2.98, 0.167), "efficientvit-msra-m2": (4.19, 0.201),
-    "efficientvit-msra-m3": (6.90, 0.263), "efficientvit-msra-m4": (8.80, 0.299), "efficientvit-msra-m5": (12.47, 0.522),
-    "edgevit-xxs": (4.07, 0.551), "edgevit-xs": (6.77, 1.128), "edgevit-s": (13.11, 1.911),
-    "efficientformer-l1": (12.29, 1.29), "efficientformer-l3": (31.41, 3.91), "efficientformer-l7": (82.23, 10.12),
-    "efficientformerv2-s0": (3.60, 0.396), "efficientformerv2-s1": (6.19, 0.652), "efficientformerv2-s2": (12.71, 1.247),
-    "efficientformerv2-l": (26.32, 2.553),
-}
+# (params M, MACs G) at 224 of the official classifiers, measured from the official code
+# (effvit_plugins/data/published_results.json, the file tools/paper_tables.py prints)
+TARGETS = {name.split("_")[0]: (p.value, m.value) for name, (p, m) in official_complexity("classification").items()}
 FAMILY_OF = {"efficientvit-mit": ("efficientvit_mit", efficientvit_mit.EfficientViTMITClassifier),
              "efficientvit-msra": ("efficientvit_msra", efficientvit_msra.EfficientViTMSRAClassifier),
              "edgevit": ("edgevit", edgevit.EdgeViTClassifier),

@@ -19,7 +19,8 @@ import torch
 from timm.models.efficientvit_mit import LiteMLA as TimmLiteMLA
 
 from effvit_plugins.models.efficientvit_mit import (ARCH_SETTINGS, EfficientViTMITBackbone,
-                                                    EfficientViTMITClassifier, LiteMLA, convert_official_checkpoint)
+                                                    EfficientViTMITClassifier, GroupedPointwiseConv, LiteMLA,
+                                                    convert_official_checkpoint)
 
 CLASSIFIERS = [a for a, s in ARCH_SETTINGS.items() if s["head_widths"] is not None]  # L0 has no ImageNet model
 
@@ -108,12 +109,16 @@ def _attention_and_input(weight_gain: float, input_gain: float):
     return att, torch.randn(1, 64, 32, 32) * input_gain
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "autograd"])
-def test_linear_attention_fp16_autocast(grad):
+def test_linear_attention_fp16_autocast(grad, channels_last):
     """Under float16 autocast the result is within a few float16 roundings of the float32 one: only the 1x1 convs
     around the attention run in float16. Without the guard the (v | 1) k^T q products of 1024 tokens overflow
-    float16 and the 1e-15 eps of the normaliser underflows to 0: the output is NaN (checked by removing it)."""
+    float16 and the 1e-15 eps of the normaliser underflows to 0: the output is NaN (checked by removing it).
+    Both layouts: a channels-last map takes the token-layout path."""
     att, x = _attention_and_input(20.0, 3.0)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.set_grad_enabled(grad):
         ref = att(x).detach()
         with torch.autocast("cpu", dtype=torch.float16):
@@ -122,6 +127,48 @@ def test_linear_attention_fp16_autocast(grad):
     assert torch.isfinite(out).all()
     err = (out.float() - ref).abs().max().item()
     assert err <= 2e-3 * ref.abs().max().item(), err  # float16 unit roundoff: 4.9e-4
+
+
+@pytest.mark.parametrize("hw", [(13, 11), (4, 4)], ids=["linear", "quadratic"])
+def test_token_layout_attention_equals_the_plain_path(hw):
+    """A channels-last qkv map is attended on its token view (no layout copies): same values and gradients as the
+    NCHW path, a channels-last result, under autograd and without it; maps of <= dim tokens keep the quadratic
+    form in both layouts."""
+    torch.manual_seed(0)
+    att = LiteMLA(64, 64, dim=16).eval()
+    qkv = torch.randn(2, 2 * 3 * 64, *hw) * 2.0
+    grad_out = torch.randn(2, 2 * 64, *hw)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        inp = qkv.clone(memory_format=layout).requires_grad_()
+        out = att._attention(inp)
+        out.backward(grad_out)
+        with torch.no_grad():
+            fast = att._attention(inp.detach())
+        results.append((out.detach(), inp.grad, fast))
+    (ref, ref_grad, ref_fast), (out, grad, fast) = results
+    linear = hw[0] * hw[1] > att.dim
+    assert (fast.is_contiguous(memory_format=torch.channels_last) and not fast.is_contiguous()) == linear
+    assert torch.allclose(ref, ref_fast, rtol=1e-5, atol=1e-6 * ref.abs().max().item())
+    for a, b in ((out, ref), (fast, ref), (grad, ref_grad)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_grouped_pointwise_conv_as_batched_matmul_equals_the_conv(layout):
+    """The aggregation's grouped 1x1 conv computed as one bmm: the conv's values and gradients, the input's layout
+    kept, and a plain grouped Conv while tracing (what ONNX gets)."""
+    torch.manual_seed(0)
+    m = GroupedPointwiseConv(48, groups=6)
+    x = torch.randn(2, 48, 5, 7).contiguous(memory_format=layout).requires_grad_()
+    out, ref = m(x), torch.nn.functional.conv2d(x, m.weight, groups=6)
+    g = torch.randn_like(ref)
+    grads = [torch.autograd.grad(y, (x, m.weight), g) for y in (out, ref)]
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(*grads))
+    assert out.is_contiguous(memory_format=layout)
+    graph = torch.jit.trace(m, x.detach()).graph
+    assert "aten::_convolution" in str(graph) and "aten::bmm" not in str(graph)
 
 
 def test_linear_attention_fp32_under_bf16_autocast():

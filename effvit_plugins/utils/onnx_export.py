@@ -1,0 +1,365 @@
+"""ONNX export of our models and the onnxruntime check (framework-free: works on any ``nn.Module``).
+
+Choices (see README "Deployment"):
+
+* Exporter: the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``). torch 2.13 defaults to the
+  ``torch.export``-based exporter; it also exports our models correctly, but takes 20-30x longer (over a minute for
+  EfficientViT-B0 on 2 cores) and needs ``onnxscript``. Size-dependent Python control flow is frozen at the traced
+  size by tracing, so a dynamic export is only accepted after onnxruntime reproduces PyTorch at a second size.
+* Opset 20: ``Gelu`` (with the tanh approximation of the EfficientViT-L models) is one native node there; at
+  opset 17 the exporter writes it as eight element-wise nodes that onnxruntime does not fuse (EfficientViT-L1:
+  427 -> 242 ms per image in onnxruntime). ``LayerNormalization`` is native since 17. onnxruntime's CPU provider
+  runs both; for runtimes without opset 20 (TensorRT < 10) pass ``opset=17``.
+* BatchNorm: folded explicitly into the preceding convolution of a copy of the model (:func:`fold_batchnorm`)
+  before export. Our cores fold BN at inference through a cache that is bypassed while tracing, so without this
+  step the graph would carry a separate BatchNormalization after each convolution. The exported graph is checked:
+  no BatchNormalization may follow a Conv.
+* Precision: float32 throughout, so the linear attention of EfficientViT-MIT runs in float32 as in PyTorch.
+* Check: onnxruntime (CPU) must reproduce the original PyTorch model (not the folded copy) within ``rtol``,
+  measured as ``max |ort - torch| / max |torch|`` per output, at the export size and, for a dynamic export, at a
+  second size. The file is written to a temporary name next to the target and moved into place only when
+  everything passed: a failed export leaves nothing behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import os
+import re
+import statistics
+import tempfile
+import time
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+OPSET = 20
+RTOL = 1e-4
+FOLD_PROBE_SIZE = 64  # input side of the forward pass that finds the conv -> BN pairs (any size works)
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported (or the export does not reproduce PyTorch); the message says why."""
+
+
+@dataclasses.dataclass
+class ExportReport:
+    path: str
+    opset: int
+    dynamic: bool
+    folded_bn: int
+    output_names: List[str]
+    checks: List[Tuple[Tuple[int, int], List[float]]]  # ((H, W), max relative error per output)
+    op_counts: Dict[str, int]
+
+    @property
+    def max_rel_error(self) -> float:
+        return max((e for _, errs in self.checks for e in errs), default=float("nan"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BatchNorm folding
+# ---------------------------------------------------------------------------------------------------------------
+def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> List[Tuple[str, str]]:
+    """(conv name, bn name) for every BatchNorm whose input is exactly the output of one convolution.
+
+    Found from one forward pass with autograd on (so our cores run the plain ``bn(conv(x))`` path) in eval mode:
+    each BN call is matched to the convolution call that produced its input tensor. A BN fed by anything else in
+    any call, or a convolution feeding several BNs, is left alone.
+    """
+    names = {m: n for n, m in model.named_modules()}
+    produced: Dict[int, Tuple[nn.Module, torch.Tensor]] = {}
+    conv_of: Dict[nn.Module, nn.Module] = {}
+    bn_of: Dict[nn.Module, nn.Module] = {}
+    rejected = set()
+
+    def conv_hook(mod, inp, out):
+        produced[id(out)] = (mod, out)  # keeps ``out`` alive, so ids stay unique during the pass
+
+    def bn_hook(mod, inp, out):
+        src = produced.get(id(inp[0]))
+        if src is None or src[1] is not inp[0]:
+            rejected.add(mod)
+            return
+        conv = src[0]
+        if conv_of.setdefault(mod, conv) is not conv or bn_of.setdefault(conv, mod) is not mod:
+            rejected.update((mod, conv))
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, _BatchNorm):
+            handles.append(m.register_forward_hook(bn_hook))
+    try:
+        with torch.enable_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return [(names[conv], names[bn]) for bn, conv in conv_of.items()
+            if bn not in rejected and conv not in rejected and bn_of.get(conv) is bn]
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, example: Optional[torch.Tensor] = None) -> Tuple[nn.Module, int]:
+    """A copy of ``model`` (eval mode) with every eval-mode BatchNorm that directly follows a convolution folded
+    into that convolution's weight and bias, the BatchNorm replaced by ``nn.Identity``. Returns ``(copy, count)``.
+
+    ``example``: an input for the pairing forward pass (default: a 64x64 RGB image; our backbones run at any size).
+    """
+    folded = copy.deepcopy(model).eval()
+    if example is None:
+        p = next(folded.parameters(), None)
+        example = torch.randn(1, 3, FOLD_PROBE_SIZE, FOLD_PROBE_SIZE,
+                              device=p.device if p is not None else "cpu")
+    pairs = _conv_bn_pairs(folded, example)
+    for conv_name, bn_name in pairs:
+        conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
+        if bn.running_var is None or bn.running_mean is None:
+            continue
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        conv.weight = nn.Parameter(conv.weight * scale.reshape((-1,) + (1,) * (conv.weight.dim() - 1)))
+        conv.bias = nn.Parameter(shift)
+        _set_submodule(folded, bn_name, nn.Identity())
+    return folded, len(pairs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export + check
+# ---------------------------------------------------------------------------------------------------------------
+_UNSUPPORTED = re.compile(r"operator '([\w:.]+)' to ONNX opset version (\d+) is not supported")
+_ORT_MISSING = re.compile(r"implementation for (\w+)\((\d+)\) node with name '([^']*)'")
+
+
+def _explain_export_failure(e: Exception, what: str, opset: int) -> str:
+    msg = str(e)
+    m = _UNSUPPORTED.search(msg)
+    if m:
+        return (f"{what} cannot be exported to ONNX: the operator {m.group(1)} has no ONNX translation in opset "
+                f"{m.group(2)} (torch.onnx, TorchScript exporter). Replace that operation in the model or export "
+                f"without this part (e.g. --features for the backbone only).")
+    first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+    return f"{what} cannot be exported to ONNX opset {opset}: {type(e).__name__}: {first[:400]}"
+
+
+def ort_session(path: str, threads: Optional[int] = None, optimize: bool = True):
+    """onnxruntime CPU session with all graph optimisations (``threads`` intra-op threads; default: torch's)."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)  # errors reach the caller as exceptions; no duplicate log lines
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.intra_op_num_threads = int(threads or torch.get_num_threads())
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 4
+    # no busy-waiting of idle pool threads after a run: they would steal the cores from whatever runs next in
+    # this process (PyTorch timed interleaved with onnxruntime was up to 20x slower with spinning on)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def _as_tuple(out) -> Tuple[torch.Tensor, ...]:
+    if torch.is_tensor(out):
+        return (out,)
+    if isinstance(out, dict):
+        return tuple(out.values())
+    return tuple(out)
+
+
+def max_relative_error(ours, ref) -> float:
+    """``max |ours - ref| / max |ref|`` (NaN and shape mismatches count as infinite error)."""
+    import numpy as np
+
+    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    if ours.shape != ref.shape or not np.isfinite(ours).all():
+        return float("inf")
+    scale = max(float(np.abs(ref).max()) if ref.size else 0.0, 1e-12)
+    return float(np.abs(ours - ref).max()) / scale if ref.size else 0.0
+
+
+def check_onnx(path: str, model: nn.Module, shapes: Sequence[Tuple[int, int]], in_channels: int = 3,
+               rtol: float = RTOL, what: str = "the model", seed: int = 0,
+               session=None) -> List[Tuple[Tuple[int, int], List[float]]]:
+    """Run the ONNX file with onnxruntime and ``model`` with PyTorch on the same random input at each of
+    ``shapes``; raise :class:`ExportError` if any output differs by more than ``rtol`` (relative to the output's
+    largest magnitude). Returns ``[((H, W), [error per output]), ...]``."""
+    sess = session or ort_session(path)
+    name = sess.get_inputs()[0].name
+    g = torch.Generator().manual_seed(seed)
+    results = []
+    for h, w in shapes:
+        x = torch.randn(1, in_channels, h, w, generator=g)
+        with torch.inference_mode():
+            ref = [t.float().numpy() for t in _as_tuple(model(x))]
+        try:
+            outs = sess.run(None, {name: x.numpy()})
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ExportError(f"{what}: onnxruntime cannot run the exported graph at {h}x{w}: "
+                              f"{str(e).strip().splitlines()[0][:400]}") from None
+        if len(outs) != len(ref):
+            raise ExportError(f"{what}: onnxruntime returned {len(outs)} outputs, PyTorch {len(ref)}.")
+        errs = [max_relative_error(o, r) for o, r in zip(outs, ref)]
+        results.append(((h, w), errs))
+        bad = [i for i, e in enumerate(errs) if not e <= rtol]
+        if bad:
+            shapes_txt = ", ".join(f"{tuple(o.shape)} vs {tuple(r.shape)}" for o, r in zip(outs, ref))
+            raise ExportError(
+                f"{what}: onnxruntime differs from PyTorch at {h}x{w} (max relative error "
+                f"{max(errs[i] for i in bad):.2e} > {rtol:g} on output(s) {bad}; shapes {shapes_txt}).")
+    return results
+
+
+def graph_op_counts(path: str) -> Dict[str, int]:
+    import onnx
+
+    counts: Dict[str, int] = {}
+    for node in onnx.load(path, load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def unfolded_batchnorms(path: str) -> List[str]:
+    """Names of BatchNormalization nodes of the ONNX graph whose input comes from a Conv."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    conv_outputs = {o for n in graph.node if n.op_type == "Conv" for o in n.output}
+    return [n.name for n in graph.node if n.op_type == "BatchNormalization" and n.input[0] in conv_outputs]
+
+
+def second_check_shape(h: int, w: int) -> Tuple[int, int]:
+    """A second size for checking a dynamic export: about 3/4 of the export size, sides not multiples of 32 nor
+    of 7 (so every padding / window / rounding path differs from the export size)."""
+    def pick(v):
+        s = max(33, (3 * v) // 4 + 5)
+        while s % 32 == 0 or s % 7 == 0 or s == v:
+            s += 1
+        return s
+    return pick(h), pick(w)
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings on frozen control flow: the onnxruntime check decides
+        yield
+
+
+def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int], dynamic: bool = False,
+                output_names: Optional[Sequence[str]] = None, opset: int = OPSET, in_channels: int = 3,
+                check: bool = True, check_shapes: Optional[Sequence[Tuple[int, int]]] = None,
+                rtol: float = RTOL, what: str = "the model",
+                progress: Optional[Callable[[str], None]] = None) -> ExportReport:
+    """Export ``model`` (eval mode, BN folded on a copy) to ``path`` for inputs ``(1, in_channels, H, W)``.
+
+    ``dynamic``: batch, height and width are dynamic axes, and the check also runs at a second size
+    (``check_shapes`` overrides the sizes checked). Raises :class:`ExportError` with the reason when the model
+    cannot be exported or onnxruntime does not reproduce PyTorch; ``path`` is then left untouched.
+    """
+    say = progress or (lambda s: None)
+    model = model.eval()
+    h, w = int(shape[0]), int(shape[1])
+    example = torch.randn(1, in_channels, h, w)
+    folded, n_folded = fold_batchnorm(model)
+    with torch.inference_mode():
+        n_out = len(_as_tuple(model(torch.randn(1, in_channels, FOLD_PROBE_SIZE, FOLD_PROBE_SIZE))))
+    names = list(output_names) if output_names else (["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)])
+    if len(names) != n_out:
+        raise ValueError(f"{len(names)} output names for {n_out} outputs")
+    dynamic_axes = None
+    if dynamic:
+        dynamic_axes = {"input": {0: "batch", 2: "height", 3: "width"}}
+        dynamic_axes.update({n: {0: "batch"} for n in names})
+    out_dir = os.path.dirname(os.path.abspath(path))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_export_", suffix=".onnx", dir=out_dir)
+    os.close(fd)
+    try:
+        say(f"exporting ({n_folded} BatchNorms folded, opset {opset}, {'dynamic' if dynamic else 'fixed'} "
+            f"{h}x{w})")
+        try:
+            with _quiet_export(), torch.no_grad():
+                torch.onnx.export(folded, (example,), tmp, dynamo=False, opset_version=opset,
+                                  input_names=["input"], output_names=names, dynamic_axes=dynamic_axes,
+                                  do_constant_folding=True)
+        except Exception as e:  # the exporter raises many types (UnsupportedOperatorError, SymbolicValueError, ...)
+            raise ExportError(_explain_export_failure(e, what, opset)) from None
+        leftover = unfolded_batchnorms(tmp)
+        if leftover:
+            raise ExportError(f"{what}: {len(leftover)} BatchNormalization node(s) still follow a Conv after "
+                              f"folding ({', '.join(leftover[:3])}); refusing to write an unfolded graph.")
+        checks: List[Tuple[Tuple[int, int], List[float]]] = []
+        if check:
+            shapes = list(check_shapes) if check_shapes else [(h, w)] + ([second_check_shape(h, w)] if dynamic else [])
+            say("checking with onnxruntime at " + ", ".join(f"{a}x{b}" for a, b in shapes))
+            try:
+                checks = check_onnx(tmp, model, shapes, in_channels, rtol, what)
+            except ExportError as e:
+                if dynamic and len(shapes) > 1:
+                    raise ExportError(
+                        f"{e} This model cannot be exported with dynamic height/width: its graph depends on the "
+                        f"input size (traced control flow such as window partitioning, padding or attention-bias "
+                        f"tables). Export it without --dynamic, at the size you will run.") from None
+                raise
+        report = ExportReport(path, opset, dynamic, n_folded, names, checks, graph_op_counts(tmp))
+        os.replace(tmp, path)
+        return report
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Timing (benchmark and paper tables)
+# ---------------------------------------------------------------------------------------------------------------
+def time_interleaved(fns: Sequence[Callable[[], object]], repeat: int = 5, warmup: int = 1) -> List[float]:
+    """Median seconds of each zero-argument callable, timed alternately (a, b, a, b, ...) after warm-up."""
+    times: List[List[float]] = [[] for _ in fns]
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    for _ in range(max(1, repeat)):
+        for fn, acc in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def torch_vs_onnxruntime(model: nn.Module, shape: Tuple[int, int], repeat: int = 5, warmup: int = 1,
+                         threads: Optional[int] = None, workdir: Optional[str] = None,
+                         what: str = "the model", references: Sequence[Callable[[torch.Tensor], object]] = ()
+                         ) -> Tuple[float, float, float, List[float]]:
+    """Median latency (seconds) of ``model`` in PyTorch eager (inference mode) and in onnxruntime (CPU, all graph
+    optimisations) on one ``(1, 3, H, W)`` input, timed interleaved in this process; the export's max relative
+    error; and the medians of the ``references`` (other callables of the same input, e.g. another
+    implementation), timed in the same interleaved rounds. The ONNX file lives in a temporary folder."""
+    x = torch.randn(1, 3, int(shape[0]), int(shape[1]))
+    with tempfile.TemporaryDirectory(dir=workdir) as d:
+        path = os.path.join(d, "model.onnx")
+        report = export_onnx(model, path, shape, dynamic=False, what=what)
+        sess = ort_session(path, threads)
+        feed = {sess.get_inputs()[0].name: x.numpy()}
+        fns = [lambda: model(x), lambda: sess.run(None, feed)] + [lambda f=f: f(x) for f in references]
+        with torch.inference_mode():
+            t_torch, t_ort, *t_refs = time_interleaved(fns, repeat, warmup)
+        del sess
+    return t_torch, t_ort, report.max_rel_error, t_refs

@@ -1,0 +1,107 @@
+#!/usr/bin/env python
+"""Export a config's model to ONNX, checked against PyTorch with onnxruntime.
+
+    python tools/deploy/export_onnx.py CONFIG [CHECKPOINT] --shape H W [--dynamic] [--features [--out-indices I ...]]
+                                       [--out FILE] [--opset 20] [--check-shape H W] [--no-check]
+                                       [--cfg-options k=v ...]
+
+What is exported (input: one preprocessed image batch ``input`` of shape (N, 3, H, W), float32, RGB normalised
+with the config's mean/std, printed at the end):
+
+* ImageNet configs (``configs/*/*_in1k.py``): ``logits`` (N, 1000).
+* EfficientViT SegHead configs: ``logits`` (N, classes, H, W), i.e. resized to the input size (bilinear).
+* ``--features`` (any config): the backbone's feature maps ``stride<s>`` -- every map the backbone has, or
+  ``--out-indices`` -- or, for a config with a neck, the neck's outputs ``neck<i>``.
+
+BatchNorm is folded into the convolutions, the opset is 20 (``--opset 17`` for older runtimes), everything runs in
+float32. ``--dynamic`` makes batch, height and width dynamic; it is accepted only for models whose graph is valid at
+any size (EfficientViT (MIT) classifiers, backbones and segmentors), which the check proves at a second size. The other families are
+exported for a fixed H x W (their graphs hold window partitions / attention-bias tables for that size).
+
+The check runs onnxruntime (CPU) and PyTorch on the same random input: the largest difference must be within
+1e-4 of the output's largest magnitude, at ``--shape`` and (dynamic) at a second size. The file is written only
+when the check passes (``--no-check`` skips it). Default output: ``work_dirs/onnx/<config name>[_features].onnx``.
+"""
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+
+    p = argparse.ArgumentParser(description="Export a config's model to ONNX (checked with onnxruntime)")
+    p.add_argument("config", help="config file")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="weights (a tools/train.py checkpoint or a file made by tools/convert_checkpoint.py); "
+                        "without it the model's initial weights are exported")
+    p.add_argument("--shape", type=int, nargs=2, required=True, metavar=("H", "W"), help="input height and width")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch / height / width (EfficientViT-MIT)")
+    p.add_argument("--features", action="store_true", help="export the backbone (+ neck) feature maps")
+    p.add_argument("--out-indices", type=int, nargs="+", default=None,
+                   help="with --features: which backbone maps (default: all)")
+    p.add_argument("--out", default=None, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset (default 20; 17 for runtimes without opset 20: GELU then is element-wise nodes)")
+    p.add_argument("--check-shape", type=int, nargs=2, action="append", default=None, metavar=("H", "W"),
+                   help="sizes to check at instead of the defaults (repeatable)")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config settings (key=value)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from effvit_plugins.mm.tools_common import fail, load_config
+    from effvit_plugins.utils.onnx_export import OPSET, ExportError, export_onnx
+
+    if args.out_indices is not None and not args.features:
+        fail("--out-indices selects feature maps: use it together with --features")
+    if min(args.shape) < 1:
+        fail(f"--shape must be positive, got {args.shape}")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        fail(f"checkpoint file not found: {args.checkpoint}")
+    if not os.path.isfile(args.config):
+        fail(f"config file not found: {args.config}")
+    import torch
+
+    from effvit_plugins.mm.deploy import build_export_model, preprocessing
+
+    cfg = load_config(args.config, args.cfg_options)
+    name = os.path.splitext(os.path.basename(args.config))[0] + ("_features" if args.features else "")
+    out = args.out or os.path.join("work_dirs", "onnx", name + ".onnx")
+    try:
+        model, names, kind = build_export_model(cfg, args.checkpoint, args.features, args.out_indices)
+    except ValueError as e:
+        fail(str(e))
+    except RuntimeError as e:  # strict checkpoint loading
+        fail(f"{args.checkpoint} does not fit {args.config}: {str(e).splitlines()[0][:300]} ... An official release "
+             f"file must be converted first: python tools/convert_checkpoint.py SRC DST")
+    what = f"{name} ({'features' if args.features else kind})"
+    print(f"{what}: outputs {', '.join(names)}; input (N, 3, {args.shape[0]}, {args.shape[1]})", flush=True)
+    try:
+        report = export_onnx(model, out, tuple(args.shape), dynamic=args.dynamic, output_names=names,
+                             opset=args.opset or OPSET, check=not args.no_check,
+                             check_shapes=[tuple(s) for s in args.check_shape] if args.check_shape else None,
+                             what=what, progress=lambda s: print("  " + s, flush=True))
+    except ExportError as e:
+        fail(f"{e} Nothing was written to {out}.", code=1)
+    for (h, w), errs in report.checks:
+        print(f"  onnxruntime vs PyTorch at {h}x{w}: max relative error "
+              + ", ".join(f"{n} {e:.2e}" for n, e in zip(names, errs)))
+    pre = preprocessing(cfg)
+    print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB, opset {report.opset}, "
+          f"{'dynamic batch/height/width' if report.dynamic else f'fixed {args.shape[0]}x{args.shape[1]}'}, "
+          f"{report.folded_bn} BatchNorms folded)")
+    if pre["mean"]:
+        print(f"input preprocessing: {'BGR->RGB, ' if pre['to_rgb'] else ''}(x - mean) / std with mean "
+              f"{pre['mean']} std {pre['std']} (0-255 pixel scale)")
+    del torch
+    return report
+
+
+if __name__ == "__main__":
+    main()
