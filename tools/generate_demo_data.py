@@ -1,11 +1,19 @@
 #!/usr/bin/env python
-"""Generate the synthetic Cityscapes-layout demo dataset (used by `make demo` and configs/demo/).
+"""Generate a small synthetic dataset in a real dataset layout (used by `make demo`, `make demo-det`, configs/demo/).
 
-    python tools/generate_demo_data.py [--out data/cityscapes_demo] [--num-train 100] [--num-val 20] [--seed 0]
+    python tools/generate_demo_data.py [--dataset {cityscapes,coco,lvis}] [--out DIR] [--num-train N]
+                                       [--num-val N] [--seed S] [--height H] [--width W] [--force]
 
-Writes leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png
-(+ *_gtFine_labelIds.png), exactly what mmseg's CityscapesDataset reads. Deterministic for a given seed;
-does nothing when the folder already holds a complete set generated with the same options (--force redoes it).
+  cityscapes (default): leftImg8bit/{train,val}/<city>/*_leftImg8bit.png + gtFine/{train,val}/<city>/
+      *_gtFine_labelTrainIds.png (+ *_gtFine_labelIds.png) -- what mmseg's CityscapesDataset reads;
+      data/cityscapes_demo, 100 + 20 street scenes of 128x256.
+  coco: annotations/instances_{train,val}2017.json + {train,val}2017/*.jpg -- mmdet's CocoDataset / CocoMetric;
+      data/coco_demo, 40 + 12 images of 128x128 with circles / squares / triangles (boxes + polygon masks).
+  lvis: annotations/lvis_v1_{train,val}.json + {train,val}2017/*.jpg -- mmdet's LVISV1Dataset / LVISMetric
+      (1203 categories, three used, frequencies f / c / r); data/lvis_v1_demo, 40 + 12 images.
+
+Deterministic for a given seed; does nothing when the folder already holds a complete set generated with the same
+options (--force redoes it). A folder that looks like a real dataset (no marker of ours) is never written into.
 """
 import argparse
 import importlib.util
@@ -15,45 +23,70 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# name -> generator module (file under effvit_plugins/datasets), function, defaults, extra keyword arguments
+# taken from the command line. Add a dataset by adding an entry.
+DATASETS = {
+    "cityscapes": dict(module="cityscapes_demo", function="generate_cityscapes_demo", out="data/cityscapes_demo",
+                       num_train=100, num_val=20, height=128, width=256,
+                       extra=lambda args: dict(label_ids=not args.no_label_ids),
+                       hint="configs/demo/ already uses it for the default --out"),
+    "coco": dict(module="coco_demo", function="generate_coco_demo", out="data/coco_demo",
+                 num_train=40, num_val=12, height=128, width=128,
+                 hint="configs/demo/*coco-demo* already use it for the default --out"),
+    "lvis": dict(module="coco_demo", function="generate_lvis_demo", out="data/lvis_v1_demo",
+                 num_train=40, num_val=12, height=128, width=128,
+                 hint="an LVIS config reads it with --cfg-options *.data_root=<out>/ and the evaluator's "
+                      "ann_file=<out>/annotations/lvis_v1_val.json"),
+}
 
-def _load_generator():
+
+def _load_generator(module: str):
     """The generator module alone (numpy + Pillow): importing the `effvit_plugins` package would pull in
     torch and OpenMMLab (seconds) for nothing."""
-    path = os.path.join(ROOT, "effvit_plugins", "datasets", "cityscapes_demo.py")
-    spec = importlib.util.spec_from_file_location("_effvit_cityscapes_demo", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    path = os.path.join(ROOT, "effvit_plugins", "datasets", f"{module}.py")
+    spec = importlib.util.spec_from_file_location(f"_effvit_{module}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Generate a small synthetic dataset in the Cityscapes layout")
-    p.add_argument("--out", default="data/cityscapes_demo", help="output folder (default: data/cityscapes_demo)")
-    p.add_argument("--num-train", type=int, default=100, help="number of training images (default: 100)")
-    p.add_argument("--num-val", type=int, default=20, help="number of validation images (default: 20)")
+    p = argparse.ArgumentParser(description="Generate a small synthetic dataset in a real dataset layout")
+    p.add_argument("--dataset", default="cityscapes", choices=sorted(DATASETS),
+                   help="which layout to write (default: cityscapes)")
+    p.add_argument("--out", help="output folder (default: data/<dataset>_demo, see above)")
+    p.add_argument("--num-train", type=int, help="number of training images")
+    p.add_argument("--num-val", type=int, help="number of validation images")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--height", type=int, default=128, help="image height (default: 128)")
-    p.add_argument("--width", type=int, default=256, help="image width (default: 256)")
-    p.add_argument("--no-label-ids", action="store_true", help="do not write the *_gtFine_labelIds.png maps")
+    p.add_argument("--height", type=int, help="image height")
+    p.add_argument("--width", type=int, help="image width")
+    p.add_argument("--no-label-ids", action="store_true",
+                   help="cityscapes: do not write the *_gtFine_labelIds.png maps")
     p.add_argument("--force", action="store_true", help="regenerate even if a complete dataset is present")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    spec = DATASETS[args.dataset]
+    for key in ("out", "num_train", "num_val", "height", "width"):
+        if getattr(args, key) is None:
+            setattr(args, key, spec[key])
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.num_train < 1 or args.num_val < 1:
         sys.exit("error: --num-train and --num-val must be >= 1")
+    spec = DATASETS[args.dataset]
+    generate = getattr(_load_generator(spec["module"]), spec["function"])
     t0 = time.time()
     try:
-        summary = _load_generator().generate_cityscapes_demo(args.out, num_train=args.num_train, num_val=args.num_val,
-                                           seed=args.seed, height=args.height, width=args.width,
-                                           force=args.force, label_ids=not args.no_label_ids)
-    except FileExistsError as e:
+        summary = generate(args.out, num_train=args.num_train, num_val=args.num_val, seed=args.seed,
+                           height=args.height, width=args.width, force=args.force,
+                           **(spec["extra"](args) if "extra" in spec else {}))
+    except (FileExistsError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if summary["generated"]:
-        print(f"Done in {time.time() - t0:.1f}s. Use it with data_root='{args.out.rstrip('/')}/' "
-              f"(configs/demo/ already does for the default --out).")
+        print(f"Done in {time.time() - t0:.1f}s. Use it with data_root='{args.out.rstrip('/')}/' ({spec['hint']}).")
 
 
 if __name__ == "__main__":
