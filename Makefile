@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test benchmark clean-demo
+.PHONY: setup demo test benchmark clean-demo demo-det clean-demo-det
 
 setup:
 	@bash scripts/setup.sh
@@ -18,3 +18,10 @@ benchmark: setup
 
 clean-demo:
 	rm -rf data/cityscapes_demo work_dirs/demo
+
+# detection demo: Mask R-CNN on the generated COCO-layout set (scripts/demo_det.sh), a few minutes on a CPU
+demo-det: setup
+	@bash scripts/demo_det.sh
+
+clean-demo-det:
+	rm -rf data/coco_demo work_dirs/demo_det

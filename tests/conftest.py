@@ -1,9 +1,15 @@
+import math
 import os
 import re
 import sys
 
-import pytest
-import torch
+# OpenMP threads sleep instead of spinning when idle: the tests run tools in subprocesses next to this process,
+# and on a 2-core machine spinning threads of one process make the other's forward passes many times slower.
+# (Set before torch starts its OpenMP runtime; subprocesses inherit it.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -27,6 +33,63 @@ def randomize_bn_stats(model: torch.nn.Module, seed: int = 0) -> None:
 @pytest.fixture
 def bn_randomizer():
     return randomize_bn_stats
+
+
+@torch.no_grad()
+def randomize_model(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every tensor of ``model`` random and well scaled, so that no branch is trivial (values comparisons).
+
+    A model built on the meta device is first materialised on the CPU (building the big variants there is instant,
+    their real initialisers take seconds) and its derived index buffers are recomputed. Then: weights
+    ``N(0, 0.36/fan_in)`` (a little below variance-preserving, so that activations stay at a trained network's scale
+    through 30+ residual blocks: with ``1/fan_in`` EfficientViT-MSRA reaches logits of 1e3-1e4, where float32
+    rounding is amplified by saturated softmaxes and no two implementations agree to 1e-4); norm scales
+    ``U(0.6, 1.4)``; biases ``N(0, 0.1^2)``; layer scales ``U(0.05, 0.3)`` (their official init, 1e-5, would make
+    the blocks identities); attention-bias tables ``N(0, 1)``; BN running means ``N(0, 0.2^2)`` and variances
+    ``U(0.5, 2)`` (so that BN is not an identity in eval). Tensors of more than 2^18 elements take their normal
+    samples from a pool of 2^20 + 7 at a random offset (drawing 250M samples one by one takes seconds).
+    """
+    if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
+        model = model.to_empty(device="cpu")
+        for m in model.modules():
+            if hasattr(m, "init_non_persistent_buffers"):
+                m.init_non_persistent_buffers()
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.randn(2 ** 20 + 7, generator=g)
+
+    def normal(shape):
+        n = math.prod(shape)
+        if n <= 2 ** 18:
+            return torch.randn(shape, generator=g)
+        start = int(torch.randint(pool.numel(), (1,), generator=g))
+        return pool.repeat(-(-(start + n) // pool.numel()))[start:start + n].view(shape)
+
+    def uniform(shape, lo, hi):
+        return torch.rand(shape, generator=g) * (hi - lo) + lo
+
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.startswith("attention_biases"):
+            p.copy_(normal(p.shape))
+        elif leaf.startswith("layer_scale") or leaf == "gamma":
+            p.copy_(uniform(p.shape, 0.05, 0.3))
+        elif p.dim() > 1:
+            p.copy_(normal(p.shape) * (0.6 / p[0].numel() ** 0.5))
+        elif leaf == "weight":
+            p.copy_(uniform(p.shape, 0.6, 1.4))
+        else:
+            p.copy_(normal(p.shape) * 0.1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            m.running_mean.copy_(normal(m.running_mean.shape) * 0.2)
+            m.running_var.copy_(uniform(m.running_var.shape, 0.5, 2.0))
+            m.num_batches_tracked.zero_()
+    return model
+
+
+@pytest.fixture
+def randomized():
+    return randomize_model
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Latency of our models against reference implementations, measured in the same process.
 
-    python tools/benchmark.py [--suite seg backbones families] [--repeat 10] [--threads N] [--device cpu|cuda]
+    python tools/benchmark.py [--suite seg backbones families det] [--repeat 10] [--threads N] [--device cpu|cuda]
                               [--dtype float32|bfloat16|float16]
 
 Suites:
@@ -11,6 +11,11 @@ Suites:
              Target: ratio >= 1 (no slower).
   families   one variant per family at 224 and 512x512 vs timm (EdgeViT has no timm model: latency and
              MACs per second are reported).
+  det        Mask R-CNN with our EfficientFormer-L1, EfficientViT-B1, EfficientViT-MSRA-M4 and EdgeViT-XS backbones
+             (our COCO configs) vs mmdet's Mask R-CNN R-50-FPN, one 800x1333 image: whole-model inference
+             (``predict``: RPN, 1000 proposals, box head, and the mask head on 100 detections -- the score
+             threshold is set to 0 so random weights still produce detections) and backbone alone.
+             Target: every backbone >= 2x faster than ResNet-50.
 
 Each pair is timed alternately (ours, reference, ours, ...) after warm-up; the median of ``--repeat`` runs is
 reported together with ``speed-up = reference / ours``. Nothing here is a test: numbers depend on the machine.
@@ -28,8 +33,8 @@ import torch  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Latency benchmark (ours vs reference, same process)")
-    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families"],
-                   choices=["seg", "backbones", "families"])
+    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families", "det"],
+                   choices=["seg", "backbones", "families", "det"])
     p.add_argument("--repeat", type=int, default=10, help="timed runs per model (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -157,6 +162,52 @@ def suite_families(args, device, dtype):
                     ref_fn = None
             t_ours, t_ref = time_pair(ours, ref_fn, x, args.repeat, args.warmup, device, dtype)
             report(f"{mod_name}-{arch}", f"{size}x{size}", t_ours, t_ref, "timm", macs)
+
+
+DET_CONFIGS = (  # (name, our Mask R-CNN config)
+    ("EfficientFormer-L1", "configs/efficientformer/mask-rcnn_efficientformer-l1_fpn_8xb2-1x_coco.py"),
+    ("EfficientViT-B1", "configs/efficientvit_mit/mask-rcnn_efficientvit-mit-b1_fpn_8xb2-1x_coco.py"),
+    ("EfficientViT-MSRA-M4", "configs/efficientvit_msra/mask-rcnn_efficientvit-msra-m4_upfpn_8xb2-1x_coco.py"),
+    ("EdgeViT-XS", "configs/edgevit/mask-rcnn_edgevit-xs_fpn_8xb2-1x_coco.py"),
+)
+
+
+def suite_det(args, device, dtype):
+    from mmdet.structures import DetDataSample
+    from mmengine.config import Config
+
+    from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h, w = 800, 1333
+
+    def detector(cfg):
+        cfg.model.test_cfg.rcnn.score_thr = 0.0  # random weights: keep 100 detections so the mask head runs
+        return build_model_from_cfg(cfg, device)
+
+    # mmdet's Mask R-CNN R-50-FPN: the same detector (our base model config) with mmdet's ResNet-50 backbone
+    r50_cfg = load_config(os.path.join(root, DET_CONFIGS[0][1]))
+    r50_cfg.model.backbone = Config(dict(type="ResNet", depth=50, num_stages=4, out_indices=(0, 1, 2, 3),
+                                         frozen_stages=1, norm_cfg=dict(type="BN", requires_grad=True),
+                                         norm_eval=True, style="pytorch"))
+    r50_cfg.model.neck = Config(dict(type="FPN", in_channels=[256, 512, 1024, 2048], out_channels=256, num_outs=5))
+    ref = detector(r50_cfg)
+    x = torch.randint(0, 256, (1, 3, h, w), dtype=torch.uint8).float().to(device)
+    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+                                         batch_input_shape=(h, w), scale_factor=(1.0, 1.0)))
+    x_pad = torch.nn.functional.pad(x, (0, -w % 32, 0, -h % 32))  # what the data preprocessor's padding gives
+    sample.set_metainfo(dict(batch_input_shape=tuple(x_pad.shape[-2:])))
+
+    def whole(model):
+        return lambda t: model.predict(t, [sample.clone()], rescale=False)
+
+    print(f"== Mask R-CNN, one {h}x{w} image: ours vs mmdet's R-50-FPN (whole model: predict; backbone alone) ==")
+    for name, rel in DET_CONFIGS:
+        ours = detector(load_config(os.path.join(root, rel)))
+        t_ours, t_ref = time_pair(whole(ours), whole(ref), x_pad, args.repeat, args.warmup, device, dtype)
+        report(f"Mask R-CNN {name}", f"{h}x{w}", t_ours, t_ref, "R-50")
+        t_ours, t_ref = time_pair(ours.backbone, ref.backbone, x_pad, args.repeat, args.warmup, device, dtype)
+        report(f"  backbone {name}", f"{h}x{w}", t_ours, t_ref, "R-50")
 
 
 def timm_features(timm, name, size):

@@ -1,12 +1,15 @@
 #!/usr/bin/env python
 """Generate a small synthetic dataset in a real dataset layout (used by `make demo`, `make demo-det`, configs/demo/).
 
-    python tools/generate_demo_data.py [--dataset {cityscapes,coco,lvis}] [--out DIR] [--num-train N]
+    python tools/generate_demo_data.py [--dataset {cityscapes,ade20k,coco,lvis}] [--out DIR] [--num-train N]
                                        [--num-val N] [--seed S] [--height H] [--width W] [--force]
 
   cityscapes (default): leftImg8bit/{train,val}/<city>/*_leftImg8bit.png + gtFine/{train,val}/<city>/
       *_gtFine_labelTrainIds.png (+ *_gtFine_labelIds.png) -- what mmseg's CityscapesDataset reads;
       data/cityscapes_demo, 100 + 20 street scenes of 128x256.
+  ade20k: ADEChallengeData2016/images/{training,validation}/*.jpg + annotations/{training,validation}/*.png
+      (0 = other, 1..150) -- what mmseg's ADE20KDataset reads; data/ade_demo (data_root =
+      data/ade_demo/ADEChallengeData2016), 100 + 20 scenes of about 128x160.
   coco: annotations/instances_{train,val}2017.json + {train,val}2017/*.jpg -- mmdet's CocoDataset / CocoMetric;
       data/coco_demo, 40 + 12 images of 128x128 with circles / squares / triangles (boxes + polygon masks).
   lvis: annotations/lvis_v1_{train,val}.json + {train,val}2017/*.jpg -- mmdet's LVISV1Dataset / LVISMetric
@@ -30,6 +33,9 @@ DATASETS = {
                        num_train=100, num_val=20, height=128, width=256,
                        extra=lambda args: dict(label_ids=not args.no_label_ids),
                        hint="configs/demo/ already uses it for the default --out"),
+    "ade20k": dict(module="ade20k_demo", function="generate_ade20k_demo", out="data/ade_demo",
+                   num_train=100, num_val=20, height=128, width=160,
+                   hint="ADE20K configs: --cfg-options {train,val,test}_dataloader.dataset.data_root=<it>"),
     "coco": dict(module="coco_demo", function="generate_coco_demo", out="data/coco_demo",
                  num_train=40, num_val=12, height=128, width=128,
                  hint="configs/demo/*coco-demo* already use it for the default --out"),
@@ -41,13 +47,18 @@ DATASETS = {
 
 
 def _load_generator(module: str):
-    """The generator module alone (numpy + Pillow): importing the `effvit_plugins` package would pull in
-    torch and OpenMMLab (seconds) for nothing."""
-    path = os.path.join(ROOT, "effvit_plugins", "datasets", f"{module}.py")
-    spec = importlib.util.spec_from_file_location(f"_effvit_{module}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """``effvit_plugins.datasets.<module>`` without importing the `effvit_plugins` package (which would pull in
+    torch and OpenMMLab, seconds, for nothing): the datasets package (numpy + Pillow) is loaded under a private
+    name so that its relative imports resolve."""
+    name = "_effvit_demo_datasets"
+    if name not in sys.modules:
+        path = os.path.join(ROOT, "effvit_plugins", "datasets")
+        spec = importlib.util.spec_from_file_location(name, os.path.join(path, "__init__.py"),
+                                                      submodule_search_locations=[path])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"{name}.{module}")
 
 
 def parse_args(argv=None):
@@ -76,6 +87,8 @@ def main(argv=None):
     if args.num_train < 1 or args.num_val < 1:
         sys.exit("error: --num-train and --num-val must be >= 1")
     spec = DATASETS[args.dataset]
+    if args.no_label_ids and args.dataset != "cityscapes":
+        sys.exit("error: --no-label-ids only applies to --dataset cityscapes")
     generate = getattr(_load_generator(spec["module"]), spec["function"])
     t0 = time.time()
     try:
@@ -86,7 +99,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if summary["generated"]:
-        print(f"Done in {time.time() - t0:.1f}s. Use it with data_root='{args.out.rstrip('/')}/' ({spec['hint']}).")
+        print(f"Done in {time.time() - t0:.1f}s. Use it with data_root='{summary.get('data_root', args.out).rstrip('/')}/' ({spec['hint']}).")
 
 
 if __name__ == "__main__":

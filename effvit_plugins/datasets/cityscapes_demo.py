@@ -18,13 +18,13 @@ Needs only numpy and Pillow (no torch / OpenMMLab).
 """
 from __future__ import annotations
 
-import json
 import os
 import os.path as osp
-import shutil
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
+
+from . import demo_common
 
 CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
            "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
@@ -208,22 +208,11 @@ def _params(num_train, num_val, seed, height, width, label_ids=True):
                 num_val=num_val, seed=seed, height=height, width=width, label_ids=bool(label_ids))
 
 
-def _read_marker(out_dir: str) -> Optional[dict]:
-    try:
-        with open(osp.join(out_dir, MARKER)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def is_complete(out_dir: str, num_train: int = 100, num_val: int = 20, seed: int = 0, height: int = 128,
                 width: int = 256, label_ids: bool = True) -> bool:
     """True when ``out_dir`` holds a complete demo dataset generated with exactly these parameters."""
-    marker = _read_marker(out_dir)
-    params = _params(num_train, num_val, seed, height, width, label_ids)
-    if not marker or not marker.get("complete") or marker.get("params") != params:
-        return False
-    return all(osp.isfile(p) for p in expected_files(out_dir, num_train, num_val, label_ids))
+    return demo_common.is_complete(out_dir, MARKER, _params(num_train, num_val, seed, height, width, label_ids),
+                                   expected_files(out_dir, num_train, num_val, label_ids))
 
 
 def generate_cityscapes_demo(out_dir: str = "data/cityscapes_demo", num_train: int = 100, num_val: int = 20,
@@ -232,28 +221,18 @@ def generate_cityscapes_demo(out_dir: str = "data/cityscapes_demo", num_train: i
     """Write the demo dataset to ``out_dir`` (skipped when already complete with the same parameters).
 
     A folder that has a ``leftImg8bit`` or ``gtFine`` directory but no marker of ours is refused (it may be a
-    real dataset); a previous demo dataset with other parameters is replaced. Returns a summary dict.
+    real dataset); a previous demo dataset with other parameters is replaced. Returns a summary dict
+    (``data_root``: the folder to put in a config).
     """
     if num_train < 1 or num_val < 1:
         raise ValueError("num_train and num_val must be >= 1")
-    summary = dict(out_dir=out_dir, num_train=num_train, num_val=num_val, seed=seed, generated=False)
+    summary = dict(out_dir=out_dir, data_root=out_dir, num_train=num_train, num_val=num_val, seed=seed,
+                   generated=False)
     if not force and is_complete(out_dir, num_train, num_val, seed, height, width, label_ids):
         log(f"Demo dataset already complete in {out_dir} ({num_train} train / {num_val} val images); skipping.")
         return summary
-    marker = _read_marker(out_dir)
-    ours = marker is not None and marker.get("params", {}).get("generator") == _params(0, 0, 0, 0, 0)["generator"]
-    for sub in ("leftImg8bit", "gtFine"):
-        d = osp.join(out_dir, sub)
-        if osp.exists(d):
-            if not ours:
-                raise FileExistsError(
-                    f"{d} exists but {out_dir} was not made by this generator (no {MARKER}); refusing to write "
-                    f"into what may be a real dataset. Choose another --out.")
-            shutil.rmtree(d)
-    os.makedirs(out_dir, exist_ok=True)
     params = _params(num_train, num_val, seed, height, width, label_ids)
-    with open(osp.join(out_dir, MARKER), "w") as f:
-        json.dump(dict(params=params, complete=False), f)
+    demo_common.prepare_output(out_dir, MARKER, params, ("leftImg8bit", "gtFine"))
 
     from PIL import Image
 
@@ -263,7 +242,7 @@ def generate_cityscapes_demo(out_dir: str = "data/cityscapes_demo", num_train: i
     split_code = {"train": 0, "val": 1}
     for split, num in (("train", num_train), ("val", num_val)):
         for i, (city, stem) in enumerate(sample_names(split, num)):
-            rng = np.random.default_rng([seed, split_code[split], i])
+            rng = demo_common.image_rng(seed, split_code[split], i)
             img, lab = render_scene(rng, height, width)
             p = _paths(out_dir, split, city, stem)
             os.makedirs(osp.dirname(p["img"]), exist_ok=True)
@@ -272,9 +251,8 @@ def generate_cityscapes_demo(out_dir: str = "data/cityscapes_demo", num_train: i
             Image.fromarray(lab, "L").save(p["train_ids"])
             if label_ids:
                 Image.fromarray(lut[lab], "L").save(p["label_ids"])
-    with open(osp.join(out_dir, MARKER), "w") as f:
-        json.dump(dict(params=params, complete=True, classes=list(CLASSES),
-                       used_train_ids=list(USED_CLASSES)), f, indent=1)
+    demo_common.write_complete_marker(out_dir, MARKER, params, classes=list(CLASSES),
+                                      used_train_ids=list(USED_CLASSES))
     summary["generated"] = True
     log(f"Wrote a Cityscapes-layout demo dataset to {out_dir}: {num_train} train + {num_val} val images "
         f"({height}x{width}), cities {', '.join(TRAIN_CITIES)} (train) / {', '.join(VAL_CITIES)} (val).")

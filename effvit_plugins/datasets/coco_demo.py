@@ -75,6 +75,7 @@ _LVIS_FREQUENCY = ("f", "c", "r")      # of the used LVIS categories
 _LVIS_SHAPE_PROBS = (0.5, 0.33, 0.17)  # rarer shapes for the rarer frequency groups
 _COCO_SHAPE_PROBS = (1 / 3, 1 / 3, 1 / 3)
 
+_RADIUS = (0.09, 0.22)  # circumradius of the shapes, as a fraction of the image's shorter side
 MARKER = ".effvit_det_demo.json"
 VERSION = 1
 _SPLIT_CODE = {"train": 0, "val": 1}
@@ -130,7 +131,7 @@ def render_shapes(rng: np.random.Generator, height: int = 128, width: int = 128,
     for _ in range(int(rng.integers(1, max_objects + 1))):
         shape = int(rng.choice(len(SHAPES), p=np.asarray(probs) / np.sum(probs)))
         for _attempt in range(30):
-            r = float(rng.uniform(0.09, 0.22) * side)
+            r = float(rng.uniform(*_RADIUS) * side)
             cx = float(rng.uniform(r + 1, width - r - 1))
             cy = float(rng.uniform(r + 1, height - r - 1))
             if all(math.hypot(cx - x, cy - y) > r + q + 2 for x, y, q in placed):

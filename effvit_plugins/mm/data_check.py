@@ -6,7 +6,10 @@ config's dataloaders are inspected statically: for every dataset (also inside ``
 ``ConcatDataset`` / ... wrappers) the folders named by ``data_root`` + ``data_prefix`` (mmseg ``img_path`` /
 ``seg_map_path``, mmdet ``img`` / ``seg`` / ...) and a non-empty ``ann_file`` must exist, resolved the way
 mmengine's ``BaseDataset`` does (relative to ``data_root``; ``data_root`` itself relative to the working
-directory). Remote paths (``s3://`` etc.) are not checked.
+directory), and so must the ``ann_file`` of the evaluator scoring the dataloader (mmdet's ``CocoMetric`` /
+``LVISMetric`` read the ground truth from their own path, which ``--cfg-options ...data_root=`` does not move).
+Remote paths (``s3://`` etc.) are not checked. The message names the demo set that stands in for the dataset
+(:data:`DATASETS`).
 """
 from __future__ import annotations
 
@@ -16,12 +19,28 @@ import sys
 from typing import List, Mapping, NamedTuple, Optional, Sequence
 
 DEMO_CONFIG = "configs/demo/efficientvit-seghead_efficientvit-b0_1xb4-500iter_cityscapes-demo-128x256.py"
-_LAYOUTS = {
-    "CityscapesDataset": "leftImg8bit/{train,val}/<city>/*_leftImg8bit.png + "
-                         "gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png",
-    "ADE20KDataset": "images/{training,validation}/*.jpg + annotations/{training,validation}/*.png",
-    "CocoDataset": "annotations/instances_{train,val}2017.json + {train,val}2017/*.jpg",
+DET_DEMO_CONFIG = "configs/demo/mask-rcnn_edgevit-xxs_fpn_1xb4-300iter_coco-demo-128x128.py"
+# per dataset type: the expected layout under data_root and, where we have one, the demo set that stands in for it
+# (generator command, what it writes, a config that trains on it, the make target doing it all)
+DATASETS = {
+    "CityscapesDataset": dict(
+        layout="leftImg8bit/{train,val}/<city>/*_leftImg8bit.png + gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png",
+        demo=("python tools/generate_demo_data.py", "data/cityscapes_demo/", "Cityscapes", DEMO_CONFIG, "make demo")),
+    "ADE20KDataset": dict(
+        layout="images/{training,validation}/*.jpg + annotations/{training,validation}/*.png",
+        demo=("python tools/generate_demo_data.py --dataset ade20k", "data/ade_demo/ADEChallengeData2016/", "ADE20K",
+              "configs/demo/fpn_edgevit-xxs_1xb4-200iter_ade20k-demo-64x64.py", None)),
+    "CocoDataset": dict(
+        layout="annotations/instances_{train,val}2017.json + {train,val}2017/*.jpg",
+        demo=("python tools/generate_demo_data.py --dataset coco", "data/coco_demo/", "COCO", DET_DEMO_CONFIG,
+              "make demo-det")),
+    "LVISV1Dataset": dict(
+        layout="annotations/lvis_v1_{train,val}.json + the COCO 2017 images train2017/*.jpg, val2017/*.jpg "
+               "(found through each image's coco_url)",
+        demo=("python tools/generate_demo_data.py --dataset lvis", "data/lvis_v1_demo/", "LVIS v1", None, None)),
 }
+# the evaluator that scores each dataloader (its ann_file, e.g. COCO's, is read too)
+_EVALUATORS = {"val_dataloader": "val_evaluator", "test_dataloader": "test_evaluator"}
 
 
 class Missing(NamedTuple):
@@ -56,8 +75,20 @@ def _leaf_datasets(ds, key: str):
     yield key, ds
 
 
+def _evaluators(cfg, loader_name: str):
+    """``(key, evaluator_cfg)`` of the evaluator(s) scoring ``loader_name`` (a dict or a list of dicts)."""
+    name = _EVALUATORS.get(loader_name)
+    ev = cfg.get(name) if name else None
+    if isinstance(ev, Mapping):
+        return [(name, ev)]
+    if isinstance(ev, (list, tuple)):
+        return [(f"{name}.{i}", e) for i, e in enumerate(ev) if isinstance(e, Mapping)]
+    return []
+
+
 def find_missing_data(cfg, dataloaders: Sequence[str]) -> List[Missing]:
-    """Paths that the datasets of ``cfg.<dataloader>`` (for each name in ``dataloaders``) need but do not exist.
+    """Paths that the datasets of ``cfg.<dataloader>`` (for each name in ``dataloaders``) need but do not exist,
+    and the ``ann_file`` of the evaluator scoring it (``val_evaluator`` / ``test_evaluator``, e.g. COCO's).
 
     A missing ``data_root`` is reported alone (not each folder below it). The same path needed by several
     dataloaders is reported once per dataloader (callers group them).
@@ -67,7 +98,8 @@ def find_missing_data(cfg, dataloaders: Sequence[str]) -> List[Missing]:
         loader = cfg.get(name)
         if not isinstance(loader, Mapping) or not isinstance(loader.get("dataset"), Mapping):
             continue
-        for key, ds in _leaf_datasets(loader["dataset"], f"{name}.dataset"):
+        leaves = list(_leaf_datasets(loader["dataset"], f"{name}.dataset"))
+        for key, ds in leaves:
             root = ds.get("data_root") or ""
             dtype = str(ds.get("type", "dataset"))
             if root and not _is_remote(root) and not osp.isdir(root):
@@ -85,7 +117,26 @@ def find_missing_data(cfg, dataloaders: Sequence[str]) -> List[Missing]:
                     continue
                 if not (osp.isfile(path) if kind == "file" else osp.isdir(path)):
                     missing.append(Missing(key, dtype, kind, path, root or None))
+        dtype = str(leaves[0][1].get("type", "dataset")) if leaves else "dataset"
+        for key, ev in _evaluators(cfg, name):
+            ann = ev.get("ann_file")
+            if not isinstance(ann, str) or not ann or _is_remote(ann) or osp.isfile(ann):
+                continue
+            # a file below a data_root reported missing is covered by that line (the fix lists its key anyway)
+            if any(m.path == ann or (m.path == m.data_root and ann.startswith(m.path.rstrip("/") + "/"))
+                   for m in missing):
+                continue
+            missing.append(Missing(key, dtype, "file", ann, None))
     return missing
+
+
+def _ann_relative(ann: str, roots: Sequence[str]) -> str:
+    """``ann`` relative to the dataset root it lives in (``data/coco/annotations/x.json`` -> ``annotations/x.json``)."""
+    for root in roots:
+        r = root.rstrip("/") + "/"
+        if root and ann.startswith(r):
+            return ann[len(r):]
+    return osp.basename(ann)
 
 
 def format_missing_message(missing: Sequence[Missing], cfg, tool: str, config_path: str,
@@ -99,36 +150,52 @@ def format_missing_message(missing: Sequence[Missing], cfg, tool: str, config_pa
         lines.append(f"  missing {what} {path!r}  ({dtype}; {', '.join(keys)})")
     if any(not osp.isabs(m.path) for m in missing):
         lines.append(f"  (relative paths are resolved from the working directory {os.getcwd()})")
-    layout = next((_LAYOUTS[m.dtype] for m in missing if m.dtype in _LAYOUTS), None)
-    if layout:
-        lines.append(f"  expected layout under data_root: {layout}")
-    # the --cfg-options keys of the data_root of every dataset the tool reads
+    info = next((DATASETS[m.dtype] for m in missing if m.dtype in DATASETS), None)
+    if info:
+        lines.append(f"  expected layout under data_root: {info['layout']}")
+    # the --cfg-options keys of the data_root of every dataset the tool reads and of the evaluators' ann_file
     # (training: also test_dataloader, so the same options serve tools/test.py afterwards)
-    keys = []
+    keys, roots = [], []
     names = list(dataloaders)
     if "train_dataloader" in names:
         names += ["train_dataloader", "val_dataloader", "test_dataloader"]
     for name in dict.fromkeys(names):
         loader = cfg.get(name)
         if isinstance(loader, Mapping) and isinstance(loader.get("dataset"), Mapping):
-            keys += [f"{k}.data_root" for k, _ in _leaf_datasets(loader["dataset"], f"{name}.dataset")]
-    keys = list(dict.fromkeys(keys)) or ["train_dataloader.dataset.data_root", "val_dataloader.dataset.data_root",
-                                         "test_dataloader.dataset.data_root"]
-    roots = list(dict.fromkeys(m.data_root for m in missing if m.data_root and m.path == m.data_root))
+            for k, ds in _leaf_datasets(loader["dataset"], f"{name}.dataset"):
+                keys.append(f"{k}.data_root=/path/to/dataset/")
+                roots.append(str(ds.get("data_root") or ""))
+    for name in dict.fromkeys(names):
+        for k, ev in _evaluators(cfg, name):
+            ann = ev.get("ann_file")
+            if isinstance(ann, str) and ann and not _is_remote(ann):
+                keys.append(f"{k}.ann_file=/path/to/dataset/{_ann_relative(ann, roots)}")
+    keys = list(dict.fromkeys(keys)) or [f"{n}.dataset.data_root=/path/to/dataset/" for n in
+                                         ("train_dataloader", "val_dataloader", "test_dataloader")]
+    missing_roots = list(dict.fromkeys(m.data_root for m in missing if m.data_root and m.path == m.data_root))
     lines.append("How to fix:")
     lines.append("  * point the config at your copy of the dataset:")
     extra = " CHECKPOINT" if tool.endswith("test.py") else ""
-    lines.append(f"      python {tool} {config_path}{extra} --cfg-options "
-                 + " ".join(f"{k}=/path/to/dataset/" for k in keys))
-    if roots:
-        root = roots[0].rstrip("/")
+    lines.append(f"      python {tool} {config_path}{extra} --cfg-options " + " ".join(keys))
+    if missing_roots:
+        root = missing_roots[0].rstrip("/")
         mk = f"mkdir -p {osp.dirname(root)} && " if osp.dirname(root) and not osp.isdir(osp.dirname(root)) else ""
         lines.append(f"  * or link it to where the config looks:  {mk}ln -s /path/to/dataset {root}")
-    lines.append("  * or try the pipeline on the small synthetic Cityscapes-layout demo set instead:")
-    lines.append("      python tools/generate_demo_data.py    # writes data/cityscapes_demo/ in seconds")
-    lines.append(f"      python tools/train.py {DEMO_CONFIG}")
-    lines.append("    (`make demo` does both, then evaluates the trained model with tools/test.py)")
+    demo = (info or {}).get("demo") or DATASETS["CityscapesDataset"]["demo"]
+    command, out, title, demo_config, target = demo
+    lines.append(f"  * or try the pipeline on the small synthetic {title}-layout demo set instead:")
+    lines.append(f"      {command}    # writes {out} in seconds")
+    if demo_config:
+        lines.append(f"      python tools/train.py {demo_config}")
+    if target:
+        lines.append(f"    (`{target}` does both, then evaluates the trained model with tools/test.py)")
+    else:
+        if demo_config:
+            lines.append("    (a model sized for a CPU), or this config on the demo data:")
+        lines.append(f"      python {tool} {config_path}{extra} --cfg-options "
+                     + " ".join(k.replace("/path/to/dataset/", out) for k in keys))
     return "\n".join(lines)
+
 
 
 def check_data_or_exit(cfg, dataloaders: Sequence[str], tool: str, config_path: str, exit_code: int = 2) -> None:

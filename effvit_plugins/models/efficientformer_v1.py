@@ -66,11 +66,7 @@ class Attention(RelPosBias):
     def __init__(self, dim: int, key_dim: int = 32, num_heads: int = 8, attn_ratio: float = 4,
                  resolution: int = 7, seg: bool = False):
         super().__init__()
-        self.num_heads = num_heads
-        self.key_dim = key_dim
-        self.scale = key_dim ** -0.5
-        self.d = int(attn_ratio * key_dim)
-        self.dh = self.d * num_heads
+        self._init_heads(num_heads, key_dim, attn_ratio)
         self.qkv = nn.Linear(dim, self.dh + 2 * key_dim * num_heads)
         self.proj = nn.Linear(self.dh, dim)
         self._init_bias(num_heads, (resolution, resolution), (resolution, resolution), seg=seg)
@@ -284,14 +280,15 @@ class EfficientFormerV1Backbone(BackboneBase):
         return getattr(self, f"norm{2 * index}")(x) if self.out_norm else x
 
 
-class EfficientFormerV1ClsHead(nn.Module):
-    """Official classifier: LayerNorm over channels, global average, ``head`` and ``dist_head`` (averaged in eval
-    mode, returned as a pair in training like the official model)."""
+class DistilledClsHead(nn.Module):
+    """The official EfficientFormer classifier (V1 and V2): a final ``norm``, global average, ``head`` and
+    ``dist_head`` (averaged in eval mode, returned as a pair in training like the official model). Subclasses give
+    the norm and ``pre_logits``."""
 
-    def __init__(self, in_channels: int, num_classes: int = 1000, distillation: bool = True):
+    def __init__(self, norm: nn.Module, in_channels: int, num_classes: int = 1000, distillation: bool = True):
         super().__init__()
         self.distillation = distillation
-        self.norm = nn.LayerNorm(in_channels)
+        self.norm = norm
         self.head = nn.Linear(in_channels, num_classes) if num_classes > 0 else nn.Identity()
         if distillation:
             self.dist_head = nn.Linear(in_channels, num_classes) if num_classes > 0 else nn.Identity()
@@ -300,12 +297,19 @@ class EfficientFormerV1ClsHead(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
+    def forward(self, feats):
+        return distilled_logits(self, self.pre_logits(feats))
+
+
+class EfficientFormerV1ClsHead(DistilledClsHead):
+    """Official V1 classifier: LayerNorm over channels, mean over tokens, ``head`` + ``dist_head``."""
+
+    def __init__(self, in_channels: int, num_classes: int = 1000, distillation: bool = True):
+        super().__init__(nn.LayerNorm(in_channels), in_channels, num_classes, distillation)
+
     def pre_logits(self, feats) -> torch.Tensor:
         x = feats[-1] if isinstance(feats, (tuple, list)) else feats
         return self.norm(x.flatten(2).transpose(1, 2)).mean(1)
-
-    def forward(self, feats):
-        return distilled_logits(self, self.pre_logits(feats))
 
 
 def distilled_logits(head: nn.Module, x: torch.Tensor):

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
-from .efficientformer_v1 import (_drop_path, convert_official_checkpoint, distilled_logits,  # noqa: F401
+from .efficientformer_v1 import (DistilledClsHead, _drop_path, convert_official_checkpoint,  # noqa: F401
                                  infer_arch as _infer_arch)
 from .layers import (ConvNormAct, RelPosBias, biased_attention, conv_bn, drop_path_rates,
                      resize_bias_tables_on_load, stem_conv_bn_act)
@@ -80,11 +80,7 @@ class Attention4D(RelPosBias):
     def __init__(self, dim: int, key_dim: int = 32, num_heads: int = 8, attn_ratio: float = 4,
                  resolution: int = 7, stride: Optional[int] = None, seg: bool = False):
         super().__init__()
-        self.num_heads = num_heads
-        self.key_dim = key_dim
-        self.scale = key_dim ** -0.5
-        self.d = int(attn_ratio * key_dim)
-        self.dh = self.d * num_heads
+        self._init_heads(num_heads, key_dim, attn_ratio)
         nh_kd = key_dim * num_heads
         if stride is not None:
             resolution = math.ceil(resolution / stride)
@@ -142,11 +138,7 @@ class Attention4DDownsample(RelPosBias):
     def __init__(self, dim: int, out_dim: int, key_dim: int = 16, num_heads: int = 8, attn_ratio: float = 4,
                  resolution: int = 14, seg: bool = False):
         super().__init__()
-        self.num_heads = num_heads
-        self.key_dim = key_dim
-        self.scale = key_dim ** -0.5
-        self.d = int(attn_ratio * key_dim)
-        self.dh = self.d * num_heads
+        self._init_heads(num_heads, key_dim, attn_ratio)
         nh_kd = key_dim * num_heads
         self.resolution = resolution
         self.resolution2 = math.ceil(resolution / 2)
@@ -335,28 +327,15 @@ class EfficientFormerV2Backbone(BackboneBase):
 
 
 
-class EfficientFormerV2ClsHead(nn.Module):
-    """Official classifier: BatchNorm2d, global average, ``head`` and ``dist_head`` (averaged in eval mode,
-    returned as a pair in training like the official model)."""
+class EfficientFormerV2ClsHead(DistilledClsHead):
+    """Official V2 classifier: BatchNorm2d, global average, ``head`` + ``dist_head``."""
 
     def __init__(self, in_channels: int, num_classes: int = 1000, distillation: bool = True):
-        super().__init__()
-        self.distillation = distillation
-        self.norm = nn.BatchNorm2d(in_channels)
-        self.head = nn.Linear(in_channels, num_classes) if num_classes > 0 else nn.Identity()
-        if distillation:
-            self.dist_head = nn.Linear(in_channels, num_classes) if num_classes > 0 else nn.Identity()
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        super().__init__(nn.BatchNorm2d(in_channels), in_channels, num_classes, distillation)
 
     def pre_logits(self, feats) -> torch.Tensor:
         x = feats[-1] if isinstance(feats, (tuple, list)) else feats
         return self.norm(x).mean((2, 3))
-
-    def forward(self, feats):
-        return distilled_logits(self, self.pre_logits(feats))
 
 
 class EfficientFormerV2Classifier(nn.Module):

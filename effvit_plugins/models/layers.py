@@ -237,6 +237,15 @@ class RelPosBias(nn.Module):
 
     bias_cache_size: int = 2
 
+    def _init_heads(self, num_heads: int, key_dim: int, attn_ratio: float) -> None:
+        """Head geometry of the LeViT-style attentions: ``key_dim`` per head for q/k, ``d = attn_ratio * key_dim``
+        per head for v (``dh`` in total)."""
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.scale = key_dim ** -0.5
+        self.d = int(attn_ratio * key_dim)
+        self.dh = self.d * num_heads
+
     def _init_bias(self, num_heads: int, q_size, k_size, q_stride: int = 1, seg: bool = False) -> None:
         self._grid = (tuple(q_size), tuple(k_size), int(q_stride))
         self.table_name = "attention_biases_seg" if seg else "attention_biases"

@@ -127,12 +127,17 @@ class UpsampleFPN(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Xavier-uniform convolutions (as mmdet's FPN); transposed convs keep PyTorch's default init."""
+        """The official initialisation: Xavier-uniform convolutions (mmdet's FPN ``init_weights``) and, for the
+        transposed convolutions, mmcv ``ConvModule``'s Kaiming-normal (fan-out, ReLU gain), zero biases."""
         for m in self.modules():
             if type(m) is nn.Conv2d:
                 nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+            elif type(m) is nn.ConvTranspose2d:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                continue
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
     def out_strides(self, in_strides: Sequence[int]) -> List[int]:
         """Strides of the outputs for backbone maps of strides ``in_strides`` (finest first)."""

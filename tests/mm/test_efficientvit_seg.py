@@ -1,5 +1,6 @@
-"""EfficientViT (MIT) + SegHead in mmseg: published params/MACs for every pair, inference at odd sizes,
-official checkpoint conversion, pretrained init, clear errors."""
+"""EfficientViT (MIT) + SegHead in mmseg: published params/MACs for every pair, the SegHead's values against a
+plain-op re-derivation of the official SegHead, inference at odd sizes, official checkpoint conversion, pretrained
+init, clear errors."""
 import glob
 import os
 import re
@@ -7,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config, model_complexity
 
@@ -71,6 +73,99 @@ def official_seg_state_dict(model):
         elif k.startswith("decode_head."):
             out["head." + k[len("decode_head."):]] = v
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The SegHead's values: the official SegHead (mit-han-lab/efficientvit, efficientvit/models/efficientvit/seg.py, as
+# described in architectures.md §1.5 and §1.1) re-derived with plain torch.nn.functional ops on the official
+# checkpoint names, compared with our mmseg decode head through an EncoderDecoder built from our configs.
+# ------------------------------------------------------------------------------------------------------------
+# The official settings (architectures.md §1.5 table; acts and BN eps of the B / L series, §1.2), written out
+# independently of SEG_HEAD_SETTINGS and of the configs.
+OFFICIAL_SEG_HEADS = {
+    ("b0", "cityscapes"): dict(head_width=32, head_depth=1, expand_ratio=4, middle_op="mbconv", final_expand=4,
+                               num_classes=19, act="hswish", eps=1e-5),
+    ("l1", "ade20k"): dict(head_width=128, head_depth=3, expand_ratio=4, middle_op="fmbconv", final_expand=8,
+                           num_classes=150, act="gelu", eps=1e-7),
+}
+ACTS = {"hswish": F.hardswish, "gelu": lambda x: F.gelu(x, approximate="tanh")}
+
+
+def official_seg_head(sd, stage2, stage3, stage4, s):
+    """The official SegHead on the backbone's stride-8/16/32 maps, from an official-layout state dict ``sd``.
+
+    Inputs stage4, stage3, stage2 (``input_ops.0/1/2``): 1x1 ConvLayer (no bias, BN, no act), then for the coarse
+    two the official UpSampleLayer: bicubic, fixed factor 4 / 2, align_corners False (exact only when H, W are
+    multiples of 32, as the official model requires); merged by a sum. ``middle``: ``head_depth`` residual blocks,
+    MBConv (1x1 expand + act, depth-wise 3x3 + act, 1x1, BN everywhere, no biases) or FusedMBConv (3x3 expand +
+    act, 1x1). Output: the optional ``final_expand`` 1x1 ConvLayer (BN + act), then the 1x1 classifier conv with
+    bias and no norm. Every ``head.*`` tensor of ``sd`` must be used, with the official shape.
+    """
+    used = set()
+    w, act = s["head_width"], ACTS[s["act"]]
+
+    def conv_layer(x, p, out, k, act_fn=None, groups=1, norm=True, bias=False):
+        weight = sd[p + ".conv.weight"]
+        assert weight.shape == (out, x.shape[1] // groups, k, k), (p, weight.shape)
+        assert (p + ".conv.bias" in sd) == bias, p
+        x = F.conv2d(x, weight, sd.get(p + ".conv.bias"), padding=k // 2, groups=groups)
+        used.update({p + ".conv.weight", p + ".conv.bias"} & sd.keys())
+        if norm:
+            names = [f"{p}.norm.{n}" for n in ("running_mean", "running_var", "weight", "bias")]
+            x = F.batch_norm(x, *(sd[n] for n in names), training=False, eps=s["eps"])
+            used.update(names + [f"{p}.norm.num_batches_tracked"])
+        return act_fn(x) if act_fn is not None else x
+
+    x = conv_layer(stage4, "head.input_ops.0.op_list.0", w, 1)
+    x = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
+    y = conv_layer(stage3, "head.input_ops.1.op_list.0", w, 1)
+    x = x + F.interpolate(y, scale_factor=2, mode="bicubic", align_corners=False)
+    x = x + conv_layer(stage2, "head.input_ops.2", w, 1)
+    mid = round(w * s["expand_ratio"])
+    for i in range(s["head_depth"]):
+        p = f"head.middle.op_list.{i}.main"
+        if s["middle_op"] == "mbconv":
+            h = conv_layer(x, p + ".inverted_conv", mid, 1, act)
+            h = conv_layer(h, p + ".depth_conv", mid, 3, act, groups=mid)
+        else:
+            h = conv_layer(x, p + ".spatial_conv", mid, 3, act)
+        x = x + conv_layer(h, p + ".point_conv", w, 1)
+    ops = "head.output_ops.0.op_list"
+    if s["final_expand"] is not None:
+        x = conv_layer(x, f"{ops}.0", w * s["final_expand"], 1, act)
+    x = conv_layer(x, f"{ops}.{int(s['final_expand'] is not None)}", s["num_classes"], 1, norm=False, bias=True)
+    assert used == {k for k in sd if k.startswith("head.")}, sorted({k for k in sd if k.startswith("head.")} - used)
+    return x
+
+
+@pytest.mark.parametrize("variant,dataset", sorted(OFFICIAL_SEG_HEADS))
+def test_seghead_values_match_the_official_seghead(variant, dataset, randomized):
+    """At 64x96 and 128x256, on the inference path (eval, no autograd: BN folded, channels-last) and on the training
+    graph (eval BN, autograd enabled), with random weights and BN statistics (BN is not an identity)."""
+    from effvit_plugins.models.efficientvit_mit import convert_official_checkpoint
+
+    settings = OFFICIAL_SEG_HEADS[(variant, dataset)]
+    model = randomized(build_model_from_cfg(load_config(cfg_path(variant, dataset))), seed=5).eval()
+    assert model.backbone.out_strides == [8, 16, 32]
+    assert {m.eps for m in model.decode_head.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {settings["eps"]}
+    official = official_seg_state_dict(model)
+    assert convert_official_checkpoint(official).keys() == model.state_dict().keys()
+    feats = []
+    model.backbone.register_forward_hook(lambda module, args, out: feats.append([f.detach() for f in out]))
+    diffs = {}
+    for h, w in ((64, 96), (128, 256)):
+        x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(h))
+        for path in ("inference", "training_graph"):
+            feats.clear()
+            with torch.set_grad_enabled(path == "training_graph"):
+                out = model(x, mode="tensor").detach()
+            with torch.no_grad():
+                ref = official_seg_head(official, *feats[0], settings)
+            assert out.shape == ref.shape == (1, settings["num_classes"], h // 8, w // 8)
+            assert ref.abs().max() > 0.1  # not a trivial comparison
+            diffs[(h, w, path)] = (out - ref).abs().max().item()
+    print(f"{variant} {dataset}: max |ours - official SegHead| = {diffs}")
+    assert all(d < 1e-4 for d in diffs.values()), diffs
 
 
 @pytest.fixture(scope="module")

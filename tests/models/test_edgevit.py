@@ -1,25 +1,32 @@
-"""EdgeViT core: structure vs. the official model, key layout, math vs. an independent reference, dense options."""
-import math
+"""EdgeViT core (effvit_plugins.models.edgevit): what is specific to this family.
 
+EdgeViT is in neither timm nor mmpretrain, so the oracle for the official names and values is written here,
+independently of the package: the official key layout derived from the documented structure of the official
+``src/edgevit.py`` (:func:`official_keys`), and the official computation re-derived with plain torch ops from an
+official-layout state dict (:func:`ref_forward`, float64).
+
+The shared backbone behaviour is tested for every family in test_backbone_contract.py.
+"""
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from effvit_plugins.models.edgevit import (
-    ARCH_SETTINGS,
     OFFICIAL_KEY_SIGNATURE,
     EdgeViTBackbone,
     EdgeViTClassifier,
     convert_official_checkpoint,
 )
-from effvit_plugins.models.layers import DropPath
-from effvit_plugins.utils.complexity import count_macs, count_params
 
 VARIANTS = ["xxs", "xs", "s"]
+HEAD_ROOTS = ("norm", "head")
 
-# Measured from the official saic-fi/edgevit code (architectures.md §3.1): params, MACs at 224 with the head.
-OFFICIAL_FIGURES = {"xxs": (4.07e6, 0.551e9), "xs": (6.77e6, 1.128e9), "s": (13.11e6, 1.911e9)}
+# Our measurements of the official saic-fi/edgevit code (architectures.md §3.1): params and MACs at 224 with the
+# head, asserted within their rounding. The repository publishes no figures; the 4.1 / 6.7 / 11.1M quoted in other
+# projects' tables do not match the official code for XS and S (6.77M, 13.11M), so they are not asserted.
+# EdgeViT is not in timm: no exact count to compare with.
+OFFICIAL_PARAMS = {"xxs": "4.07M", "xs": "6.77M", "s": "13.11M"}
+OFFICIAL_MACS_224 = {"xxs": "0.551G", "xs": "1.128G", "s": "1.911G"}
 
 # Official variant facts (architectures.md §3.1 table), written out independently of ARCH_SETTINGS.
 OFFICIAL_ARCH = {
@@ -31,15 +38,6 @@ SR = [4, 2, 2, 1]
 PATCH = [4, 2, 2, 2]
 STRIDES = [4, 8, 16, 32]
 BN_BUFFERS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models here are small: one intra-op thread avoids OpenMP stalls on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def official_keys(variant, num_classes=1000):
@@ -92,33 +90,6 @@ def official_keys(variant, num_classes=1000):
     bn("norm", a["dims"][-1])
     lin("head", num_classes, a["dims"][-1])
     return keys
-
-
-def to_official(sd):
-    """Our Classifier keys -> official keys (inverse of convert_official_checkpoint)."""
-    out = {}
-    for k, v in sd.items():
-        if k.startswith("backbone."):
-            out[k[len("backbone."):]] = v
-        elif k.startswith("head."):
-            out[k[len("head."):]] = v
-        else:
-            raise AssertionError(f"unexpected key {k}")
-    return out
-
-
-def randomize_(model, seed=0):
-    """Non-trivial values everywhere (LN/BN affine, biases, BN running stats) so every term is exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.1 if p.dim() > 1 else 0.05) + (1.0 if name.endswith(
-                "norm.weight") or ".norm1.weight" in name or ".norm2.weight" in name else 0.0))
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return model
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,19 +169,15 @@ def ref_forward(sd, x, variant):
 
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_params_and_macs_match_official(variant):
-    model = EdgeViTClassifier(variant)
-    params, macs = OFFICIAL_FIGURES[variant]
-    n = count_params(model)
-    m = count_macs(model, (1, 3, 224, 224))  # meta device
-    assert abs(n - params) / params < 0.01, (variant, n)
-    assert abs(m - macs) / macs < 0.02, (variant, m)
+def test_params_and_macs_match_official(variant, complexity, on_meta):
+    complexity(on_meta(EdgeViTClassifier, variant), OFFICIAL_PARAMS[variant], OFFICIAL_MACS_224[variant])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_official_key_layout(variant):
-    model = EdgeViTClassifier(variant)
-    ours = {k: tuple(v.shape) for k, v in to_official(model.state_dict()).items()}
+def test_official_key_layout(variant, to_official, on_meta):
+    model = on_meta(EdgeViTClassifier, variant)
+    official = to_official(model, convert_official_checkpoint, head_roots=HEAD_ROOTS)
+    ours = {k: tuple(v.shape) for k, v in official.items()}
     expected = official_keys(variant)
     assert sorted(ours) == sorted(expected)
     assert ours == expected
@@ -218,12 +185,13 @@ def test_official_key_layout(variant):
     heads = [blk.SelfAttn.attn.num_heads for i in range(4) for blk in getattr(model.backbone, f"blocks{i + 1}")[:1]]
     assert heads == OFFICIAL_ARCH[variant]["heads"]
     assert all(any(s in k for k in expected) for s in OFFICIAL_KEY_SIGNATURE)
+    assert model.backbone.stage_channels == OFFICIAL_ARCH[variant]["dims"] and model.backbone.stage_strides == STRIDES
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_official_checkpoint_round_trip(variant):
-    src = randomize_(EdgeViTClassifier(variant), seed=1).eval()
-    official = {k: v.clone() for k, v in to_official(src.state_dict()).items()}
+def test_official_checkpoint_round_trip(variant, randomized, to_official):
+    src = randomized(EdgeViTClassifier(variant), seed=1).eval()
+    official = {k: v.clone() for k, v in to_official(src, convert_official_checkpoint, head_roots=HEAD_ROOTS).items()}
     converted = convert_official_checkpoint(official)
     dst = EdgeViTClassifier(variant).eval()
     res = dst.load_state_dict(converted, strict=False)
@@ -236,14 +204,13 @@ def test_official_checkpoint_round_trip(variant):
 
 
 @pytest.mark.parametrize("variant,size", [("xxs", (224, 224)), ("xs", (64, 96)), ("s", (96, 64))])
-def test_matches_independent_official_reference(variant, size):
+def test_matches_independent_official_reference(variant, size, randomized, to_official, on_meta):
     # float64: randomised weights make activations large, and softmax would amplify float32 rounding.
-    torch.manual_seed(0)
-    model = randomize_(EdgeViTClassifier(variant), seed=2).double().eval()
+    model = randomized(on_meta(EdgeViTClassifier, variant), seed=2).double().eval()
     backbone = model.backbone
     backbone.out_indices = (0, 1, 2, 3)
-    sd = to_official(model.state_dict())
-    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    sd = to_official(model, convert_official_checkpoint, head_roots=HEAD_ROOTS)
+    x = torch.randn(2, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref_feats, ref_logits = ref_forward(sd, x, variant)
         feats = backbone(x)
@@ -254,60 +221,25 @@ def test_matches_independent_official_reference(variant, size):
     torch.testing.assert_close(logits, ref_logits, rtol=1e-9, atol=1e-9)
 
 
-def test_single_blocks_match_reference():
+def test_single_blocks_match_reference(randomized):
     """LocalAgg and SelfAttn (sr 4 and 1) in isolation against the plain-op reference."""
-    torch.manual_seed(0)
-    model = randomize_(EdgeViTBackbone("xxs"), seed=3).eval()
+    model = randomized(EdgeViTBackbone("xxs"), seed=3).eval()
     sd = model.state_dict()
-    x = torch.randn(2, 36, 16, 24)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 36, 16, 24, generator=g)
     blk = model.blocks1[0]
     with torch.no_grad():
         torch.testing.assert_close(blk.LocalAgg(x), ref_local_agg(x, sd, "blocks1.0.LocalAgg"), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(blk.SelfAttn(x), ref_self_attn(x, sd, "blocks1.0.SelfAttn", 1, 4),
                                    rtol=1e-5, atol=1e-5)
-        y = torch.randn(2, 288, 3, 5)
+        y = torch.randn(2, 288, 3, 5, generator=g)
         torch.testing.assert_close(model.blocks4[1](y), ref_self_attn(y, sd, "blocks4.1.SelfAttn", 8, 1),
                                    rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _ceil_shapes(variant, h, w, n=1):
-    dims = OFFICIAL_ARCH[variant]["dims"]
-    return [(n, c, math.ceil(h / s), math.ceil(w / s)) for c, s in zip(dims, STRIDES)]
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_attributes(variant):
-    b = EdgeViTBackbone(variant)
-    assert b.num_stages == 4
-    assert b.stage_channels == OFFICIAL_ARCH[variant]["dims"]
-    assert b.stage_strides == STRIDES
-    assert b.out_channels == OFFICIAL_ARCH[variant]["dims"] and b.out_strides == STRIDES
-    b2 = EdgeViTBackbone(variant, out_indices=(3, 1, -4))
-    assert b2.out_indices == (3, 1, 0)
-    assert b2.out_channels == [OFFICIAL_ARCH[variant]["dims"][i] for i in (3, 1, 0)]
-    assert b2.out_strides == [32, 8, 4]
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("size", [(224, 224), (240, 240), (512, 512), (800, 1216), (801, 1203), (33, 47)])
-def test_feature_shapes_any_size_meta(variant, size):
-    """Stage i is ceil(H / s_i) x ceil(W / s_i) for any size (shapes checked on the meta device: fast)."""
-    b = EdgeViTBackbone(variant).to_empty(device="meta").eval()
-    with torch.no_grad():
-        feats = b(torch.empty(1, 3, *size, device="meta"))
-    assert [tuple(f.shape) for f in feats] == _ceil_shapes(variant, *size)
-
-
-@pytest.mark.parametrize("size", [(240, 240), (65, 97), (801, 1203)])
-def test_real_forward_non_divisible_sizes(size):
-    b = EdgeViTBackbone("xxs").eval()
-    with torch.no_grad():
-        feats = b(torch.randn(1, 3, *size))
-    assert [tuple(f.shape) for f in feats] == _ceil_shapes("xxs", *size)
-    assert all(torch.isfinite(f).all() for f in feats)
-
-
+# sizes the official code rejects (it needs multiples of 32): bottom/right zero padding, cropped LocalProp
+# ---------------------------------------------------------------------------------------------------------------
 def test_non_divisible_backward():
     b = EdgeViTBackbone("xxs", out_indices=(1, 3)).train()
     feats = b(torch.randn(2, 3, 70, 50))
@@ -316,17 +248,11 @@ def test_non_divisible_backward():
     assert all(p.grad is not None for p in b.parameters())
 
 
-def test_padding_rule_is_bottom_right_zero_pad():
+def test_padding_rule_is_bottom_right_zero_pad(randomized):
     """A non-multiple input gives the same stage-1 patch values as the explicitly zero-padded input."""
-    b = randomize_(EdgeViTBackbone("xxs", out_indices=(0,)), seed=4).eval()
+    b = randomized(EdgeViTBackbone("xxs", out_indices=(0,)), seed=4).eval()
     x = torch.randn(1, 3, 62, 90)
     with torch.no_grad():
         a = b.patch_embed1(x)
         p = b.patch_embed1(F.pad(x, (0, 2, 0, 2)))
     torch.testing.assert_close(a, p)
-
-
-def test_classifier_forward_224():
-    m = EdgeViTClassifier("xxs", num_classes=10).eval()
-    with torch.no_grad():
-        assert m(torch.randn(2, 3, 224, 224)).shape == (2, 10)

@@ -1,167 +1,139 @@
-"""Tests of the MSRA EfficientViT (M0-M5) core: structure, complexity, timm parity, checkpoints, options."""
+"""EfficientViT-MSRA core (effvit_plugins.models.efficientvit_msra, M0-M5): what is specific to this family.
+
+Oracle for the official names and values: **timm's own** official -> timm conversion. timm 1.0.31 keeps it only
+as a commented-out ``checkpoint_filter_fn`` in ``timm/models/efficientvit_msra.py`` (its live filter of that name
+only drops index buffers and resizes bias tables of timm-format weights). :func:`timm_official_filter` reads that
+block from the installed timm source file (``inspect.getsource`` of the module), removes the leading ``#`` of each
+line and executes it: timm's code, run as written, nothing of it copied into this repository. This is sound
+because the block is self-contained (it uses only its two arguments), and nothing in it depends on our code:
+it renames ``.c.``/``.l.`` and ``patch_embed.{0,2,4,6}`` and assigns every ``blocks*`` tensor to timm's key with
+the same suffix at the same position (official keys sorted as strings, timm keys in model order), i.e. it
+accepts exactly the official layout. (The string sort is right for block indices below 10, true for M0-M5.) If
+a timm upgrade drops the block, the test fails and says so (timm is pinned in requirements.txt).
+
+Our classifier is randomised (weights, BN statistics, attention-bias tables), written in the official layout,
+converted by that filter, passed through timm's live filter (what ``timm.create_model(pretrained=True)`` applies)
+and loaded strictly into timm; the logits must agree. The bias tables are not touched in the test.
+
+The shared backbone behaviour is tested for every family in test_backbone_contract.py.
+"""
+import inspect
+import re
+
 import pytest
 import torch
 import torch.nn as nn
 
-from effvit_plugins.models.efficientvit_msra import (ARCH_SETTINGS, OFFICIAL_KEY_SIGNATURE,
-                                                     EfficientViTMSRABackbone, EfficientViTMSRAClassifier,
-                                                     convert_official_checkpoint)
+import timm
+import timm.models.efficientvit_msra as timm_msra
+
 from effvit_plugins.checkpoint import unwrap_state_dict
-from effvit_plugins.models.layers import relative_bias_index
-from effvit_plugins.utils.complexity import count_macs, count_params
+from effvit_plugins.models.efficientvit_msra import (ARCH_SETTINGS, OFFICIAL_KEY_SIGNATURE, EfficientViTMSRABackbone,
+                                                     EfficientViTMSRAClassifier, convert_official_checkpoint)
+from effvit_plugins.utils.complexity import count_params
 
-import timm  # noqa: E402
+VARIANTS = list(ARCH_SETTINGS)
+HEAD_ROOTS = ("head_dist",)
 
-VARIANTS = ["m0", "m1", "m2", "m3", "m4", "m5"]
-# (params in M, MACs in G) of the official classifiers at 224 x 224
-TARGETS = {"m0": (2.35, 0.079), "m1": (2.98, 0.167), "m2": (4.19, 0.201), "m3": (6.90, 0.263),
-           "m4": (8.80, 0.299), "m5": (12.47, 0.522)}
-DOWNSAMPLE_NAMES = ("res1", "patchmerge", "res2")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # one intra-op thread: with 2 cores shared with other jobs, OpenMP thread contention makes small forwards
-    # 10-100x slower than single-threaded ones
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# README (Cream EfficientViT/classification, architectures.md §2.2): Params 2.3 / 3.0 / 4.2 / 6.9 / 8.8 / 12.4M,
+# FLOPs 79 / 167 / 201 / 263 / 299 / 522M, asserted within their rounding (0.05M; FLOPs, which are MACs here: 0.5M).
+# The model as trained has 12.47M parameters for M5 (our measurement of the official code; timm's count, exact
+# below), which rounds to 12.5M, not 12.4M; all six README figures agree with the count of the inference model with
+# BN folded (every conv+BN a conv with bias, the BN+Linear head a Linear), so that is the count compared with them.
+# (Our reading: the repository does not say how it counted.)
+README_PARAMS = {"m0": "2.3M", "m1": "3.0M", "m2": "4.2M", "m3": "6.9M", "m4": "8.8M", "m5": "12.4M"}
+README_MACS = {"m0": "79M", "m1": "167M", "m2": "201M", "m3": "263M", "m4": "299M", "m5": "522M"}
 
 
-# ------------------------------------------------------------------------------------------------------------
-# helpers
-# ------------------------------------------------------------------------------------------------------------
-def ours_to_timm_key(key):
-    """Name of one of our Classifier's keys in timm's EfficientVitMsra (None: not stored by timm)."""
-    if key.endswith("attention_bias_idxs"):
-        return None  # non-persistent buffer in timm
-    parts = key.split(".")
-    if parts[0] == "head":
-        rest = parts[1:]
-        return ".".join(["head"] + ["linear" if p == "l" else p for p in rest])
-    assert parts[0] == "backbone"
-    parts = parts[1:]
-    if parts[0] == "patch_embed":
-        parts = ["patch_embed", f"conv{int(parts[1]) // 2 + 1}"] + parts[2:]
-    elif parts[0] == "blocks1":
-        parts = ["stages", "0", "blocks"] + parts[1:]
-    else:
-        stage, j = int(parts[0][len("blocks"):]) - 1, int(parts[1])
-        if j < 3:
-            parts = ["stages", str(stage), "downsample", DOWNSAMPLE_NAMES[j]] + parts[2:]
-        else:
-            parts = ["stages", str(stage), "blocks", str(j - 3)] + parts[2:]
-    return ".".join("conv" if p == "c" else p for p in parts)
+def timm_official_filter():
+    """timm's commented-out official -> timm ``checkpoint_filter_fn``, executed from timm's installed source."""
+    source = inspect.getsource(timm_msra)
+    blocks = re.findall(r"^# def checkpoint_filter_fn\(state_dict, model\):\n(?:#.*\n)+", source, flags=re.M)
+    assert len(blocks) == 1, (f"timm {timm.__version__}: the commented-out official -> timm checkpoint_filter_fn is "
+                              f"no longer in {timm_msra.__file__}; pin timm==1.0.31 (requirements.txt)")
+    code = "\n".join(line[2:] if line.startswith("# ") else line[1:] for line in blocks[0].splitlines())
+    namespace = {}
+    exec(compile(code, f"{timm_msra.__file__} (commented-out checkpoint_filter_fn)", "exec"), namespace)
+    return namespace["checkpoint_filter_fn"]
 
 
-@torch.no_grad()
-def randomize_(model, seed=0):
-    """Random BN affine/statistics and attention biases so that no branch is trivial."""
-    g = torch.Generator().manual_seed(seed)
+def official_into_timm(official, timm_from, **timm_kwargs):
+    """An official-layout state dict converted and loaded the way timm would: its official -> timm filter, then its
+    live filter for the target size, then a strict load."""
+    name = f"efficientvit_{timm_kwargs.pop('arch')}"
+    with torch.device("meta"):
+        target = timm.create_model(name, **timm_kwargs)
+    sd = timm_official_filter()({"model": official}, target)
+    return timm_from(name, timm_msra.checkpoint_filter_fn(sd, target), **timm_kwargs)
+
+
+def bn_folded_params(model: nn.Module) -> int:
+    """Parameters once every BN is folded into the preceding conv / following linear layer (inference model)."""
+    n = count_params(model)
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.weight.copy_(torch.rand(n, generator=g) * 0.6 + 0.2)
-            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    for name, p in model.named_parameters():
-        if "attention_biases" in name:
-            p.copy_(torch.randn(p.shape, generator=g))
-    return model
+        if isinstance(m, nn.BatchNorm2d):  # conv (no bias) + BN (weight, bias) -> conv + bias
+            n -= m.num_features
+        elif isinstance(m, nn.BatchNorm1d):  # BN (weight, bias) + Linear (with bias) -> Linear
+            n -= 2 * m.num_features
+    return n
 
 
-def timm_model(variant, **kw):
-    torch.manual_seed(0)
-    return randomize_(timm.create_model(f"efficientvit_{variant}", pretrained=False, **kw)).eval()
-
-
-def timm_to_ours(tm, ours):
-    tsd = tm.state_dict()
-    new = {}
-    for k in ours.state_dict():
-        tk = ours_to_timm_key(k)
-        if tk is not None:
-            new[k] = tsd.pop(tk)
-    assert not tsd, f"timm keys not mapped: {list(tsd)[:5]}"
-    res = ours.load_state_dict(new, strict=False)
-    assert not res.unexpected_keys
-    assert all(k.endswith("attention_bias_idxs") for k in res.missing_keys)
-    return ours
-
-
-def official_layout_from_timm(tm, ours, two_d_pointwise=True, with_idxs=True):
-    """Official Cream-style checkpoint (``{'model': ...}``) built by renaming timm's keys back."""
-    tsd = tm.state_dict()
-    off = {}
-    for k in ours.state_dict():
-        tk = ours_to_timm_key(k)
-        ok = k[len("backbone."):] if k.startswith("backbone.") else k
-        if tk is None:
-            if with_idxs:
-                r = int(round(ours.state_dict()[k].shape[0] ** 0.5))
-                off[ok] = relative_bias_index((r, r), (r, r))[1]
-            continue
-        v = tsd[tk].clone()
-        if two_d_pointwise and v.dim() == 4 and v.shape[-2:] == (1, 1) and "se." not in k:
-            v = v.flatten(1)  # 1x1 conv weight stored 2-D
-        off[ok] = v
-    return {"model": off, "epoch": 299}
-
-
-# ------------------------------------------------------------------------------------------------------------
-# complexity
-# ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_params_and_macs(variant):
-    model = EfficientViTMSRAClassifier(variant)
-    params, macs = count_params(model) / 1e6, count_macs(model, (1, 3, 224, 224)) / 1e9
-    p_ref, m_ref = TARGETS[variant]
-    assert abs(params - p_ref) / p_ref < 0.01, params
-    assert abs(macs - m_ref) / m_ref < 0.02, macs
+def test_params_and_macs(variant, complexity):
+    with torch.device("meta"):
+        ours = EfficientViTMSRAClassifier(variant)
+    complexity(ours, README_PARAMS[variant], README_MACS[variant], timm_name=f"efficientvit_{variant}",
+               published_count=bn_folded_params)
 
 
-# ------------------------------------------------------------------------------------------------------------
-# timm parity and checkpoints
-# ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_timm_parity_224(variant):
-    tm = timm_model(variant)
-    ours = timm_to_ours(tm, EfficientViTMSRAClassifier(variant)).eval()
-    # same key set as the official layout: timm's keys map one-to-one onto ours
-    assert len(tm.state_dict()) == sum(not k.endswith("attention_bias_idxs") for k in ours.state_dict())
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+def test_official_names_through_timms_filter(variant, randomized, to_official, timm_from, logits_agree):
+    ours = randomized(EfficientViTMSRAClassifier(variant), seed=1)
+    official = to_official(ours, convert_official_checkpoint, head_roots=HEAD_ROOTS)
+    assert all(any(s in k for k in official) for s in OFFICIAL_KEY_SIGNATURE)
+    ref = official_into_timm(official, timm_from, arch=variant)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))  # fixed 224 in timm
+    logits_agree(ours, ref, x, atol=1e-4)
+
+
+def test_dense_backbone_matches_timm_at_512(randomized, to_official, timm_from):
+    """The dense backbone (7x7 windows everywhere; window partition + padding) equals timm built for 512."""
+    cls = randomized(EfficientViTMSRAClassifier("m1", img_size=512), seed=3)
+    ref = official_into_timm(to_official(cls, convert_official_checkpoint, head_roots=HEAD_ROOTS), timm_from,
+                             arch="m1", img_size=512)
+    bb = EfficientViTMSRABackbone("m1").eval()
+    assert bb.window_sizes == cls.backbone.window_sizes == [7, 7, 7]
+    bb.load_state_dict(cls.backbone.state_dict(), strict=True)
+    x = torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        ref, out = tm(x), ours(x)  # ours: BN folded into the convs at inference
-    out_unfolded = ours(x).detach()  # grad enabled: plain conv + BN path
-    assert ref.abs().max() > 1e-2  # not a trivial comparison
-    assert (ref - out).abs().max().item() < 1e-4
-    assert (ref - out_unfolded).abs().max().item() < 1e-4
+        expected, outs = ref.forward_intermediates(x, intermediates_only=True), bb(x)
+    for r, o in zip(expected, outs):
+        assert r.shape == o.shape
+        assert (r - o).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_official_checkpoint_conversion(variant):
-    tm = timm_model(variant)
-    ours = EfficientViTMSRAClassifier(variant).eval()
-    ckpt = official_layout_from_timm(tm, ours, with_idxs=variant != "m2")  # m2: idxs absent -> regenerated
-    assert any(v.dim() == 2 for k, v in ckpt["model"].items() if k.endswith("qkvs.0.c.weight"))
-    assert all(any(s in k for k in ckpt["model"]) for s in OFFICIAL_KEY_SIGNATURE)
-    if variant == "m1":  # DataParallel-saved
-        ckpt = {"model": {"module." + k: v for k, v in ckpt["model"].items()}}
-    sd = convert_official_checkpoint(unwrap_state_dict(ckpt))
-    res = ours.load_state_dict(sd, strict=False)
-    assert res.missing_keys == [] and res.unexpected_keys == []
+@pytest.mark.parametrize("variant", ["m0", "m1", "m2"])
+def test_official_checkpoint_quirks_convert(variant, randomized, to_official):
+    """Official files: 1x1 conv weights stored 2-D (all), DataParallel ``module.`` prefix (m1), no index buffers
+    (m2, e.g. after a round trip through timm): converted, they load strictly and give the same outputs."""
+    src = randomized(EfficientViTMSRAClassifier(variant), seed=4).eval()
+    official = {k: (v.flatten(1) if v.dim() == 4 and v.shape[-2:] == (1, 1) and "se." not in k else v)
+                for k, v in to_official(src, convert_official_checkpoint, head_roots=HEAD_ROOTS).items()}
+    assert any(v.dim() == 2 for k, v in official.items() if k.endswith("qkvs.0.c.weight"))
+    if variant == "m2":
+        official = {k: v for k, v in official.items() if not k.endswith("attention_bias_idxs")}
+    ckpt = {"model": {("module." if variant == "m1" else "") + k: v for k, v in official.items()}, "epoch": 299}
+    dst = EfficientViTMSRAClassifier(variant).eval()
+    dst.load_state_dict(convert_official_checkpoint(unwrap_state_dict(ckpt)), strict=True)
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        assert (tm(x) - ours(x)).abs().max().item() < 1e-4
+        torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
 
 
-def test_imagenet_checkpoint_into_dense_backbone():
+def test_imagenet_checkpoint_into_dense_backbone(randomized, to_official):
     """ImageNet tables (stage 3: 4x4 window) load into the 7x7-window backbone; idxs regenerated."""
-    tm = timm_model("m0")
-    cls = EfficientViTMSRAClassifier("m0")
-    sd = convert_official_checkpoint(official_layout_from_timm(tm, cls)["model"])
+    cls = randomized(EfficientViTMSRAClassifier("m0"))
+    sd = convert_official_checkpoint(to_official(cls, convert_official_checkpoint, head_roots=HEAD_ROOTS))
     bsd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     bb = EfficientViTMSRABackbone("m0")
     assert bb.window_sizes == [7, 7, 7]
@@ -169,30 +141,11 @@ def test_imagenet_checkpoint_into_dense_backbone():
     bb.load_state_dict(bsd, strict=True)
     attn = bb.blocks3[3].mixer.m.attn
     assert attn.attention_biases.shape == (4, 49) and attn.attention_bias_idxs.shape == (49, 49)
-    # unchanged stage-1 table; resized table keeps the corner (offset 0) close to the original
+    # unchanged stage-1 table
     assert torch.equal(bb.blocks1[0].mixer.m.attn.attention_biases, bsd["blocks1.0.mixer.m.attn.attention_biases"])
     with torch.no_grad():
         outs = bb.eval()(torch.randn(1, 3, 224, 224))
     assert [o.shape[-1] for o in outs] == [14, 7, 4]
-
-
-def test_dense_backbone_matches_timm_at_512():
-    """Window partition + padding path (maps 32/16/8, windows 7) equals timm built for 512 (all windows 7)."""
-    tm = timm_model("m1", img_size=512)
-    bb = EfficientViTMSRABackbone("m1").eval()
-    tsd = tm.state_dict()
-    new = {}
-    for k in bb.state_dict():
-        tk = ours_to_timm_key("backbone." + k)
-        if tk is not None:
-            new[k] = tsd[tk]
-    bb.load_state_dict(new, strict=False)
-    x = torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        ref, out = tm.forward_intermediates(x, intermediates_only=True), bb(x)
-    for r, o in zip(ref, out):
-        assert r.shape == o.shape
-        assert (r - o).abs().max().item() < 1e-4
 
 
 def test_bias_for_small_window_comes_from_table():
@@ -210,34 +163,22 @@ def test_bias_for_small_window_comes_from_table():
     assert torch.equal(attn.attention_bias(7, 7), attn.attention_biases[:, attn.attention_bias_idxs])
 
 
-# ------------------------------------------------------------------------------------------------------------
-# backbone behaviour
-# ------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_feature_maps(variant):
-    bb = EfficientViTMSRABackbone(variant).eval()
-    dims = list(ARCH_SETTINGS[variant]["embed_dims"])
-    assert bb.stage_channels == dims and bb.out_channels == dims
-    assert bb.stage_strides == [16, 32, 64] and bb.out_strides == [16, 32, 64]
-    with torch.no_grad():
-        outs = bb(torch.randn(1, 3, 128, 192))
-    assert [tuple(o.shape) for o in outs] == [(1, c, 128 // s, 192 // s) for c, s in zip(dims, (16, 32, 64))]
+def test_widths_and_strides():
+    for variant in VARIANTS:
+        with torch.device("meta"):
+            bb = EfficientViTMSRABackbone(variant)
+        assert bb.stage_channels == list(ARCH_SETTINGS[variant]["embed_dims"]) and bb.stage_strides == [16, 32, 64]
 
 
-def _down(n, times):
-    for _ in range(times):
-        n = (n + 1) // 2  # 3x3 stride-2 conv with padding 1
-    return n
-
-
-@pytest.mark.parametrize("size", [(224, 224), (512, 512), (800, 1216), (801, 1203), (96, 640)])
-def test_any_input_size(size):
-    """224 gives a 4x4 stride-64 map (official downstream code fails there); 96x640 mixes small/large dims."""
+@pytest.mark.parametrize("size", [(224, 224), (96, 640)])
+def test_sizes_the_official_dense_code_rejects(size):
+    """224 gives a 4x4 stride-64 map (the official downstream code fails there); 96x640 mixes a map smaller than
+    the window in one dimension with several windows in the other."""
     bb = EfficientViTMSRABackbone("m0").eval()
     h, w = size
     with torch.no_grad():
         outs = bb(torch.randn(1, 3, h, w))
-    expected = [(1, c, _down(h, k), _down(w, k)) for c, k in zip(bb.out_channels, (4, 5, 6))]
+    expected = [(1, c, -(-h // s), -(-w // s)) for c, s in zip(bb.out_channels, (16, 32, 64))]
     assert [tuple(o.shape) for o in outs] == expected
     assert all(torch.isfinite(o).all() for o in outs)
 
@@ -250,22 +191,8 @@ def test_classifier_other_sizes_and_small_maps():
             assert cls(torch.randn(1, 3, *size)).shape == (1, 1000)
 
 
-def test_drop_path():
-    bb = EfficientViTMSRABackbone("m0", drop_path_rate=0.2)
-    rates = [m.drop_path.drop_prob for m in bb.modules() if hasattr(m, "drop_path") and
-             hasattr(m.drop_path, "drop_prob")]
-    assert rates and max(rates) == pytest.approx(0.2)
-    bb.train()
-    x = torch.randn(4, 3, 64, 64)
-    bb(x)[-1].sum().backward()
-    bb.eval()
-    with torch.no_grad():
-        assert torch.equal(bb(x)[-1], bb(x)[-1])
-    assert not any(hasattr(m, "drop_prob") for m in EfficientViTMSRABackbone("m0").modules())
-
-
-def test_eval_bias_cache_follows_updates():
-    bb = randomize_(EfficientViTMSRABackbone("m0")).eval()
+def test_eval_bias_cache_follows_updates(randomized):
+    bb = randomized(EfficientViTMSRABackbone("m0")).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         a = bb(x)[0]
