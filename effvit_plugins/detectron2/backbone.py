@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -65,23 +65,26 @@ class D2BackboneMixin:
     """
 
     family: str = ""
+    feature_strides: Tuple[int, ...] = ()  # strides of the core's feature maps (checked against feature_info)
 
     def __init__(self, arch=None, *, out_features: Optional[Sequence[str]] = None,
                  size_divisibility: Optional[int] = None, **kwargs):
-        super().__init__(arch, **kwargs)
-        names = [feature_name(f["reduction"]) for f in self.feature_info]
+        if "out_indices" in kwargs:
+            raise TypeError(f"{type(self).__name__}: select the maps with out_features (names), not out_indices.")
+        names = [feature_name(s) for s in self.feature_strides]
         if out_features is None or len(out_features) == 0:
-            out_features = [n for n, f in zip(names, self.feature_info) if f["reduction"] >= 4]
+            out_features = [n for n, s in zip(names, self.feature_strides) if s >= 4]
         out_features = list(out_features)
         unknown = [n for n in out_features if n not in names]
         if unknown or len(set(out_features)) != len(out_features):
-            valid = ", ".join(f"{n} (stride {f['reduction']}, {f['num_chs']} channels)"
-                              for n, f in zip(names, self.feature_info))
+            valid = ", ".join(f"{n} (stride {s})" for n, s in zip(names, self.feature_strides))
             what = f"unknown feature name(s) {unknown}" if unknown else f"a repeated name in {out_features}"
-            raise ValueError(f"{type(self).__name__} ({self.FAMILY} {arch}): out_features has {what}. "
+            raise ValueError(f"{type(self).__name__} ({self.family} {arch}): out_features has {what}. "
                              f"Valid names: {valid}.")
-        # the core returns maps in out_indices order; Detectron2 expects increasing stride
-        self.out_indices = tuple(sorted(names.index(n) for n in out_features))
+        # the core returns maps in out_indices order (and builds per-output layers for them only); Detectron2
+        # expects increasing stride
+        super().__init__(arch, out_indices=tuple(sorted(names.index(n) for n in out_features)), **kwargs)
+        assert [f["reduction"] for f in self.feature_info] == list(self.feature_strides), self.feature_info
         self._out_features = [names[i] for i in self.out_indices]
         self._out_feature_channels = {names[i]: self.feature_info[i]["num_chs"] for i in self.out_indices}
         self._out_feature_strides = {names[i]: self.feature_info[i]["reduction"] for i in self.out_indices}
@@ -107,26 +110,31 @@ class D2BackboneMixin:
 
 class D2EfficientViTMIT(D2BackboneMixin, EfficientViTMITBackbone, Backbone):
     family = "efficientvit_mit"
+    feature_strides = (2, 4, 8, 16, 32)
     __doc__ = "EfficientViT (MIT) as a Detectron2 backbone: ``res1`` (stem) .. ``res5``.\n" + D2BackboneMixin.__doc__
 
 
 class D2EfficientViTMSRA(D2BackboneMixin, EfficientViTMSRABackbone, Backbone):
     family = "efficientvit_msra"
+    feature_strides = (16, 32, 64)
     __doc__ = "EfficientViT (MSRA) as a Detectron2 backbone: ``res4``, ``res5``, ``res6``.\n" + D2BackboneMixin.__doc__
 
 
 class D2EdgeViT(D2BackboneMixin, EdgeViTBackbone, Backbone):
     family = "edgevit"
+    feature_strides = (4, 8, 16, 32)
     __doc__ = "EdgeViT as a Detectron2 backbone: ``res2`` .. ``res5``.\n" + D2BackboneMixin.__doc__
 
 
 class D2EfficientFormerV1(D2BackboneMixin, EfficientFormerV1Backbone, Backbone):
     family = "efficientformer_v1"
+    feature_strides = (4, 8, 16, 32)
     __doc__ = "EfficientFormer V1 as a Detectron2 backbone: ``res2`` .. ``res5``.\n" + D2BackboneMixin.__doc__
 
 
 class D2EfficientFormerV2(D2BackboneMixin, EfficientFormerV2Backbone, Backbone):
     family = "efficientformer_v2"
+    feature_strides = (4, 8, 16, 32)
     __doc__ = "EfficientFormer V2 as a Detectron2 backbone: ``res2`` .. ``res5``.\n" + D2BackboneMixin.__doc__
 
 
