@@ -1,13 +1,17 @@
 #!/usr/bin/env python
 """Convert an official checkpoint into our layout.
 
-    python tools/convert_checkpoint.py SRC DST [--family NAME]
+    python tools/convert_checkpoint.py SRC DST [--family NAME] [--to {mm,detectron2}]
 
 SRC: an official release file -- wrapped in 'state_dict' / 'model' or bare; classification or (EfficientViT-MIT)
 segmentation. The family is detected from the keys unless --family is given. DST loads with 0 missing /
 0 unexpected keys into the model of the matching config: segmentation -> mmseg EncoderDecoder
 (backbone.*, decode_head.*), classification -> mmpretrain ImageClassifier (backbone.*, head.*). SRC is read with
 torch.load(weights_only=True).
+
+--to detectron2 writes the backbone alone under Detectron2's names (``backbone.bottom_up.*``, the place of the
+backbone in every FPN model of configs/detectron2/): for ``MODEL.WEIGHTS`` or a LazyConfig's
+``train.init_checkpoint`` (tools/train_net.py also takes the official file directly).
 """
 import argparse
 import os
@@ -25,6 +29,8 @@ def main(argv=None):
     p.add_argument("dst", help="output file (a {'state_dict': ..., 'meta': ...} dict)")
     p.add_argument("--family", choices=sorted(FAMILIES), default=None,
                    help="model family (default: detected from the checkpoint's keys)")
+    p.add_argument("--to", choices=("mm", "detectron2"), default="mm",
+                   help="output layout: OpenMMLab model (default) or the backbone of a Detectron2 model")
     args = p.parse_args(argv)
     import torch
 
@@ -34,6 +40,16 @@ def main(argv=None):
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.to == "detectron2":
+        from effvit_plugins.detectron2.checkpoint import BACKBONE_PREFIX as D2_BACKBONE_PREFIX
+
+        model = {D2_BACKBONE_PREFIX + k[len("backbone."):]: v for k, v in out.items() if k.startswith("backbone.")}
+        os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
+        torch.save({"model": model, "__author__": "effvit_plugins", "converted_from": os.path.basename(args.src),
+                    "family": family}, args.dst)
+        print(f"{FAMILIES[family][1]} backbone for Detectron2: {len(model)} tensors ({D2_BACKBONE_PREFIX}*), "
+              f"saved to {args.dst}")
+        return 0
     task = "segmentation" if any(k.startswith("decode_head.") for k in out) else "classification"
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
     torch.save({"state_dict": out, "meta": {"converted_from": os.path.basename(args.src), "family": family,
