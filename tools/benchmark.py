@@ -16,6 +16,11 @@ Suites:
              (``predict``: RPN, 1000 proposals, box head, and the mask head on 100 detections -- the score
              threshold is set to 0 so random weights still produce detections) and backbone alone.
              Target: every backbone >= 2x faster than ResNet-50.
+  d2         Detectron2: Mask R-CNN with our EfficientFormer-L1 and EfficientViT-B1 backbones (configs/detectron2/
+             COCO-InstanceSegmentation) vs Detectron2's own R-50-FPN Mask R-CNN (its model zoo's
+             mask_rcnn_R_50_FPN_1x), one 800x1333 image: whole model (inference, score threshold 0 so the mask head
+             runs on 100 detections) and backbone alone (the bottom-up network under the FPN).
+             Target: both backbones >= 2x faster than ResNet-50.
 
 Each pair is timed alternately (ours, reference, ours, ...) after warm-up; the median of ``--repeat`` runs is
 reported together with ``speed-up = reference / ours``. Nothing here is a test: numbers depend on the machine.
@@ -33,8 +38,8 @@ import torch  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Latency benchmark (ours vs reference, same process)")
-    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families", "det"],
-                   choices=["seg", "backbones", "families", "det"])
+    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families", "det", "d2"],
+                   choices=["seg", "backbones", "families", "det", "d2"])
     p.add_argument("--repeat", type=int, default=10, help="timed runs per model (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -208,6 +213,47 @@ def suite_det(args, device, dtype):
         report(f"Mask R-CNN {name}", f"{h}x{w}", t_ours, t_ref, "R-50")
         t_ours, t_ref = time_pair(ours.backbone, ref.backbone, x_pad, args.repeat, args.warmup, device, dtype)
         report(f"  backbone {name}", f"{h}x{w}", t_ours, t_ref, "R-50")
+
+
+D2_CONFIGS = (  # (name, our Detectron2 Mask R-CNN config)
+    ("EfficientFormer-L1", "configs/detectron2/COCO-InstanceSegmentation/mask_rcnn_efficientformer_l1_fpn_1x.yaml"),
+    ("EfficientViT-B1", "configs/detectron2/COCO-InstanceSegmentation/mask_rcnn_efficientvit_mit_b1_fpn_1x.yaml"),
+)
+
+
+def suite_d2(args, device, dtype):
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from effvit_plugins.detectron2 import add_effvit_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h, w = 800, 1333
+
+    def detector(path):
+        cfg = add_effvit_config(get_cfg())
+        cfg.merge_from_file(path)
+        cfg.MODEL.DEVICE = device
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # random weights: keep 100 detections so the mask head runs
+        return build_model(cfg).eval()
+
+    ref = detector(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8).float().to(device)
+    x_pad = torch.nn.functional.pad(image, (0, -w % 32, 0, -h % 32))[None]  # what ImageList padding gives
+
+    def whole(model):
+        return lambda t: model([{"image": t, "height": h, "width": w}])
+
+    print(f"== Detectron2 Mask R-CNN, one {h}x{w} image: ours vs Detectron2's R-50-FPN (whole model; backbone "
+          f"alone) ==")
+    for name, rel in D2_CONFIGS:
+        ours = detector(os.path.join(root, rel))
+        t_ours, t_ref = time_pair(whole(ours), whole(ref), image, args.repeat, args.warmup, device, dtype)
+        report(f"d2 Mask R-CNN {name}", f"{h}x{w}", t_ours, t_ref, "R-50")
+        t_ours, t_ref = time_pair(ours.backbone.bottom_up, ref.backbone.bottom_up, x_pad, args.repeat, args.warmup,
+                                  device, dtype)
+        report(f"  d2 backbone {name}", f"{h}x{w}", t_ours, t_ref, "R-50")
 
 
 def timm_features(timm, name, size):
