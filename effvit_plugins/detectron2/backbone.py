@@ -49,7 +49,21 @@ def feature_name(stride: int) -> str:
     return f"res{int(round(math.log2(stride)))}"
 
 
-class D2BackboneMixin:
+class _Padding:
+    """``size_divisibility`` / ``padding_constraints`` of a Detectron2 backbone from ``self._size_divisibility``."""
+
+    _size_divisibility: int = 0
+
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        return {"size_divisibility": self._size_divisibility}
+
+
+class D2BackboneMixin(_Padding):
     """Detectron2's ``Backbone`` interface on top of a core backbone (used as ``class X(D2BackboneMixin, Core,
     Backbone)``).
 
@@ -96,14 +110,6 @@ class D2BackboneMixin:
     def out_features(self) -> List[str]:
         return list(self._out_features)
 
-    @property
-    def size_divisibility(self) -> int:
-        return self._size_divisibility
-
-    @property
-    def padding_constraints(self) -> Dict[str, int]:
-        return {"size_divisibility": self._size_divisibility}
-
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         return dict(zip(self._out_features, super().forward(x)))
 
@@ -143,7 +149,7 @@ BACKBONE_CLASSES = {cls.family: cls for cls in (D2EfficientViTMIT, D2EfficientVi
 assert set(BACKBONE_CLASSES) == set(FAMILIES), "every family of convert.FAMILIES needs a Detectron2 class"
 
 
-class UpsampleFPNBackbone(UpsampleFPN, Backbone):
+class UpsampleFPNBackbone(_Padding, UpsampleFPN, Backbone):
     """The official EfficientViT-MSRA upsampling FPN over a Detectron2 backbone (outputs ``p{log2(stride)}``).
 
     Args:
@@ -193,22 +199,10 @@ class UpsampleFPNBackbone(UpsampleFPN, Backbone):
         self._out_feature_channels = {f: int(out_channels) for f in self._out_features}
         self._size_divisibility = strides[-1]
 
-    @property
-    def size_divisibility(self) -> int:
-        return self._size_divisibility
-
-    @property
-    def padding_constraints(self) -> Dict[str, int]:
-        return {"size_divisibility": self._size_divisibility}
-
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         feats = self.bottom_up(x)
         outs = UpsampleFPN.forward(self, [feats[f] for f in self.in_features])
         return dict(zip(self._out_features, outs))
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
-                for n in self._out_features}
 
 
 # ---------------------------------------------------------------------------------------------------------------
