@@ -2,7 +2,7 @@
 
 ``import effvit_plugins`` (or ``custom_imports=dict(imports=['effvit_plugins'])`` in a config) registers our
 backbones, necks and heads into mmseg/mmdet/mmpretrain when mmengine is installed. The framework-free cores
-live in :mod:`effvit_plugins.models`; the Detectron2 adapter in :mod:`effvit_plugins.d2`.
+live in :mod:`effvit_plugins.models`; the Detectron2 adapter in :mod:`effvit_plugins.detectron2`.
 """
 __version__ = "0.1.0"
 

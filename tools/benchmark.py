@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Latency of our models against reference implementations, measured in the same process.
 
-    python tools/benchmark.py [--suite seg backbones families det] [--repeat 10] [--threads N] [--device cpu|cuda]
+    python tools/benchmark.py [--suite seg backbones families det d2 onnx] [--repeat 10] [--threads N] [--device cpu|cuda]
                               [--dtype float32|bfloat16|float16]
 
 Suites:
@@ -21,6 +21,12 @@ Suites:
              (``features_only``) timed in the same interleaved rounds -- and the EfficientViT-B1 SegHead segmentor
              (Cityscapes config, logits at the input size) at 1024x2048, eager vs onnxruntime.  Targets: every
              backbone no slower than timm in eager mode; onnxruntime >= 1.3x faster than eager for the segmentor.
+  d2         Detectron2: Mask R-CNN with our EfficientFormer-L1 and EfficientViT-B1 backbones (configs/detectron2/
+             COCO-InstanceSegmentation) vs Detectron2's own R-50-FPN Mask R-CNN (its model zoo's
+             mask_rcnn_R_50_FPN_1x), one 800x1333 image: whole model (inference on 1000 proposals -- RPN NMS
+             threshold 1 -- and score threshold 0 so the mask head runs on 100 detections, as trained models do)
+             and backbone alone (the bottom-up network under the FPN).
+             Target: both backbones >= 2x faster than ResNet-50.
 
 Each pair is timed alternately (ours, reference, ours, ...) after warm-up; the median of ``--repeat`` runs is
 reported together with ``speed-up = reference / ours``. Nothing here is a test: numbers depend on the machine.
@@ -38,8 +44,8 @@ import torch  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Latency benchmark (ours vs reference, same process)")
-    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families", "det", "onnx"],
-                   choices=["seg", "backbones", "families", "det", "onnx"])
+    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families", "det", "d2", "onnx"],
+                   choices=["seg", "backbones", "families", "det", "d2", "onnx"])
     p.add_argument("--repeat", type=int, default=10, help="timed runs per model (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -286,6 +292,53 @@ def suite_onnx(args, device, dtype):
         t_eager, t_ort, err, _ = torch_vs_onnxruntime(seg, (1024, 2048), args.repeat, args.warmup, threads,
                                                       what="EfficientViT-B1 SegHead")
         _deploy_line("EfficientViT-B1 SegHead", "1024x2048", t_eager, t_ort, err)
+
+
+D2_CONFIGS = (  # (name, our Detectron2 Mask R-CNN config)
+    ("EfficientFormer-L1", "configs/detectron2/COCO-InstanceSegmentation/mask_rcnn_efficientformer_l1_fpn_1x.yaml"),
+    ("EfficientViT-B1", "configs/detectron2/COCO-InstanceSegmentation/mask_rcnn_efficientvit_mit_b1_fpn_1x.yaml"),
+)
+
+
+def suite_d2(args, device, dtype):
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from effvit_plugins.detectron2 import add_effvit_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h, w = 800, 1333
+
+    def detector(path):
+        cfg = add_effvit_config(get_cfg())
+        cfg.merge_from_file(path)
+        cfg.MODEL.DEVICE = device
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # random weights: keep 100 detections so the mask head runs
+        # and keep all POST_NMS_TOPK_TEST (1000) proposals: how many survive the RPN's NMS with random weights
+        # depends on the backbone, and the box head's cost with it
+        cfg.MODEL.RPN.NMS_THRESH = 1.0
+        return build_model(cfg).eval()
+
+    # random weights drive some activations to subnormal floats, which make CPU arithmetic many times slower and
+    # the timings depend on values; flush them to zero (as trained weights would not produce them)
+    torch.set_flush_denormal(True)
+    ref = detector(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8).float().to(device)
+    x_pad = torch.nn.functional.pad(image, (0, -w % 32, 0, -h % 32))[None]  # what ImageList padding gives
+
+    def whole(model):
+        return lambda t: model([{"image": t, "height": h, "width": w}])
+
+    print(f"== Detectron2 Mask R-CNN, one {h}x{w} image: ours vs Detectron2's R-50-FPN (whole model; backbone "
+          f"alone) ==")
+    for name, rel in D2_CONFIGS:
+        ours = detector(os.path.join(root, rel))
+        t_ours, t_ref = time_pair(whole(ours), whole(ref), image, args.repeat, args.warmup, device, dtype)
+        report(f"d2 Mask R-CNN {name}", f"{h}x{w}", t_ours, t_ref, "R-50")
+        t_ours, t_ref = time_pair(ours.backbone.bottom_up, ref.backbone.bottom_up, x_pad, args.repeat, args.warmup,
+                                  device, dtype)
+        report(f"  d2 backbone {name}", f"{h}x{w}", t_ours, t_ref, "R-50")
 
 
 def timm_features(timm, name, size):

@@ -17,37 +17,15 @@ rebuilds it on load, and custom methods are re-registered when their module is i
 """
 from __future__ import annotations
 
-import importlib
-import os
 import pickle
 
-import torch
+from ..checkpoint import CONTAINER_GLOBALS, NUMPY_GLOBALS, NUMPY_PREFIXES, load_allowlisted
 
-ALLOWED_GLOBALS = {
+ALLOWED_GLOBALS = NUMPY_GLOBALS | CONTAINER_GLOBALS | {
     "mmengine.logging.history_buffer.HistoryBuffer",
-    "numpy.core.multiarray._reconstruct",
-    "numpy._core.multiarray._reconstruct",
-    "numpy.core.multiarray.scalar",
-    "numpy._core.multiarray.scalar",
-    "numpy.ndarray",
-    "numpy.dtype",
-    "collections.OrderedDict",
-    "collections.defaultdict",
-    "builtins.set",
     "builtins.getattr",  # restricted, see _history_buffer_getattr
-    "builtins.frozenset",
 }
-ALLOWED_PREFIXES = ("numpy.dtypes.",)
-
-
-def _resolve(name: str):
-    module, _, attr = name.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        if module.startswith("numpy.core"):  # numpy 2 renamed numpy.core -> numpy._core
-            return getattr(importlib.import_module(module.replace("numpy.core", "numpy._core")), attr)
-        raise
+ALLOWED_PREFIXES = NUMPY_PREFIXES
 
 
 def _history_buffer_getattr(obj, name: str):
@@ -62,25 +40,11 @@ def _history_buffer_getattr(obj, name: str):
 
 def load_runner_checkpoint(filename: str, map_location=None):
     """Load an OpenMMLab runner checkpoint with ``weights_only=True`` plus the allow-listed globals."""
-    filename = os.path.expanduser(filename)
-    if not os.path.isfile(filename):
-        raise FileNotFoundError(f"{filename} can not be found.")
-    needed = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
-    refused = [g for g in needed if g not in ALLOWED_GLOBALS and not g.startswith(ALLOWED_PREFIXES)]
-    if refused:
-        raise RuntimeError(
-            f"Refusing to unpickle {filename}: it needs globals outside the allow-list of runner checkpoints "
-            f"({', '.join(refused)}). If you trust this file, extract its tensors with "
-            f"torch.load(path, weights_only=False)['state_dict'] and save them alone.")
-    allowed = [(_history_buffer_getattr, g) if g == "builtins.getattr" else _resolve(g) for g in needed]
-    if any(g.startswith("numpy.") for g in needed):
-        # dtype *instances* are rebuilt with their concrete class (numpy.dtypes.Float64DType, ...), which the
-        # checkpoint does not list as a global
-        import numpy.dtypes
-
-        allowed += [c for c in vars(numpy.dtypes).values() if isinstance(c, type)]
-    with torch.serialization.safe_globals(allowed):
-        return torch.load(filename, map_location=map_location, weights_only=True)
+    return load_allowlisted(
+        filename, ALLOWED_GLOBALS, ALLOWED_PREFIXES, replacements={"builtins.getattr": _history_buffer_getattr},
+        map_location=map_location, kind="runner checkpoint",
+        hint="If you trust this file, extract its tensors with torch.load(path, weights_only=False)['state_dict'] "
+             "and save them alone.")
 
 
 _PATCHED = False

@@ -1,0 +1,322 @@
+"""Detectron2 backbones over the framework-free cores, and the builders registered in ``BACKBONE_REGISTRY``.
+
+Every family's core backbone becomes a Detectron2 :class:`~detectron2.modeling.Backbone` by one mixin
+(:class:`D2BackboneMixin`), so the Detectron2 classes have the cores' parameter names (official checkpoints load
+through :mod:`effvit_plugins.convert`), their ``frozen_stages`` / ``norm_eval`` / ``drop_path_rate`` behaviour and
+their any-input-size forward. Feature maps are named by stride, Detectron2 style: ``res{log2(stride)}``
+(stride 2 -> ``res1`` for EfficientViT-MIT's stem map, 4 -> ``res2`` ... 32 -> ``res5``, 64 -> ``res6`` for
+EfficientViT-MSRA's last stage).
+
+EfficientViT-MSRA has maps at strides 16/32/64 only. Its FPN builders use the official upsampling FPN
+(:class:`UpsampleFPNBackbone`, the framework-free :class:`~effvit_plugins.models.upsample_fpn.UpsampleFPN` as a
+Detectron2 backbone): two transposed-conv levels for Mask R-CNN (``p2``-``p6``, strides 4-64) and one plus a
+stride-2 conv on the last map for RetinaNet (``p3``-``p7``, strides 8-128), as the official detection configs.
+The other families use Detectron2's own ``FPN`` with ``LastLevelMaxPool`` (``p2``-``p6``) or ``LastLevelP6P7``
+(``p3``-``p7``).
+
+Registered builders (``MODEL.BACKBONE.NAME``), for each family key ``F`` of :data:`effvit_plugins.convert.FAMILIES`
+(``efficientvit_mit``, ``efficientvit_msra``, ``edgevit``, ``efficientformer_v1``, ``efficientformer_v2``):
+``build_F_backbone``, ``build_F_fpn_backbone``, ``build_F_retinanet_fpn_backbone``. Their options are under
+``MODEL.EFFVIT`` (see :func:`effvit_plugins.detectron2.config.add_effvit_config`) and ``MODEL.FPN``.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
+
+from ..convert import FAMILIES
+from ..models.base import BackboneBase
+from ..models.edgevit import EdgeViTBackbone
+from ..models.efficientformer_v1 import EfficientFormerV1Backbone
+from ..models.efficientformer_v2 import EfficientFormerV2Backbone
+from ..models.efficientvit_mit import EfficientViTMITBackbone
+from ..models.efficientvit_msra import EfficientViTMSRABackbone
+from ..models.upsample_fpn import UpsampleFPN
+
+__all__ = ["D2BackboneMixin", "D2EfficientViTMIT", "D2EfficientViTMSRA", "D2EdgeViT", "D2EfficientFormerV1",
+           "D2EfficientFormerV2", "UpsampleFPNBackbone", "BACKBONE_CLASSES", "feature_name",
+           "build_effvit_backbone", "build_effvit_fpn_backbone", "build_effvit_retinanet_fpn_backbone"]
+
+
+def feature_name(stride: int) -> str:
+    """Detectron2 name of a backbone map of this stride: ``res{log2(stride)}`` (4 -> ``res2``)."""
+    return f"res{int(round(math.log2(stride)))}"
+
+
+class _Padding:
+    """``size_divisibility`` / ``padding_constraints`` of a Detectron2 backbone from ``self._size_divisibility``."""
+
+    _size_divisibility: int = 0
+
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        return {"size_divisibility": self._size_divisibility}
+
+
+class D2BackboneMixin(_Padding):
+    """Detectron2's ``Backbone`` interface on top of a core backbone (used as ``class X(D2BackboneMixin, Core,
+    Backbone)``).
+
+    Args:
+        arch: the variant (``'b1'``, ``'m4'``, ...), as for the core.
+        out_features (list[str], optional): maps to return, by name (``res2`` ... see the module docstring); default
+            every map of stride >= 4. Returned in the order of increasing stride.
+        size_divisibility (int, optional): padding multiple Detectron2 applies to the input batch; default the
+            largest returned stride (what lateral connections need; the cores themselves run at any size).
+        **kwargs: the core's options (``frozen_stages``, ``norm_eval``, ``drop_path_rate``, ``in_channels``, ...).
+
+    ``forward(x)`` returns ``{name: NCHW tensor}``; ``output_shape()`` gives channels and stride per name.
+    """
+
+    family: str = ""
+    feature_strides: Tuple[int, ...] = ()  # strides of the core's feature maps (checked against feature_info)
+
+    def __init__(self, arch=None, *, out_features: Optional[Sequence[str]] = None,
+                 size_divisibility: Optional[int] = None, **kwargs):
+        if "out_indices" in kwargs:
+            raise TypeError(f"{type(self).__name__}: select the maps with out_features (names), not out_indices.")
+        names = [feature_name(s) for s in self.feature_strides]
+        if out_features is None or len(out_features) == 0:
+            out_features = [n for n, s in zip(names, self.feature_strides) if s >= 4]
+        out_features = list(out_features)
+        unknown = [n for n in out_features if n not in names]
+        if unknown or len(set(out_features)) != len(out_features):
+            valid = ", ".join(f"{n} (stride {s})" for n, s in zip(names, self.feature_strides))
+            what = f"unknown feature name(s) {unknown}" if unknown else f"a repeated name in {out_features}"
+            raise ValueError(f"{type(self).__name__} ({self.family} {arch}): out_features has {what}. "
+                             f"Valid names: {valid}.")
+        # the core returns maps in out_indices order (and builds per-output layers for them only); Detectron2
+        # expects increasing stride
+        super().__init__(arch, out_indices=tuple(sorted(names.index(n) for n in out_features)), **kwargs)
+        assert [f["reduction"] for f in self.feature_info] == list(self.feature_strides), self.feature_info
+        self._out_features = [names[i] for i in self.out_indices]
+        self._out_feature_channels = {names[i]: self.feature_info[i]["num_chs"] for i in self.out_indices}
+        self._out_feature_strides = {names[i]: self.feature_info[i]["reduction"] for i in self.out_indices}
+        if size_divisibility is None:
+            size_divisibility = max(self._out_feature_strides.values())
+        self._size_divisibility = int(size_divisibility)
+
+    @property
+    def out_features(self) -> List[str]:
+        return list(self._out_features)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return dict(zip(self._out_features, super().forward(x)))
+
+
+class D2EfficientViTMIT(D2BackboneMixin, EfficientViTMITBackbone, Backbone):
+    family = "efficientvit_mit"
+    feature_strides = (2, 4, 8, 16, 32)
+    __doc__ = "EfficientViT (MIT) as a Detectron2 backbone: ``res1`` (stem) .. ``res5``.\n" + D2BackboneMixin.__doc__
+
+
+class D2EfficientViTMSRA(D2BackboneMixin, EfficientViTMSRABackbone, Backbone):
+    family = "efficientvit_msra"
+    feature_strides = (16, 32, 64)
+    __doc__ = "EfficientViT (MSRA) as a Detectron2 backbone: ``res4``, ``res5``, ``res6``.\n" + D2BackboneMixin.__doc__
+
+
+class D2EdgeViT(D2BackboneMixin, EdgeViTBackbone, Backbone):
+    family = "edgevit"
+    feature_strides = (4, 8, 16, 32)
+    __doc__ = "EdgeViT as a Detectron2 backbone: ``res2`` .. ``res5``.\n" + D2BackboneMixin.__doc__
+
+
+class D2EfficientFormerV1(D2BackboneMixin, EfficientFormerV1Backbone, Backbone):
+    family = "efficientformer_v1"
+    feature_strides = (4, 8, 16, 32)
+    __doc__ = "EfficientFormer V1 as a Detectron2 backbone: ``res2`` .. ``res5``.\n" + D2BackboneMixin.__doc__
+
+
+class D2EfficientFormerV2(D2BackboneMixin, EfficientFormerV2Backbone, Backbone):
+    family = "efficientformer_v2"
+    feature_strides = (4, 8, 16, 32)
+    __doc__ = "EfficientFormer V2 as a Detectron2 backbone: ``res2`` .. ``res5``.\n" + D2BackboneMixin.__doc__
+
+
+BACKBONE_CLASSES = {cls.family: cls for cls in (D2EfficientViTMIT, D2EfficientViTMSRA, D2EdgeViT,
+                                                 D2EfficientFormerV1, D2EfficientFormerV2)}
+assert set(BACKBONE_CLASSES) == set(FAMILIES), "every family of convert.FAMILIES needs a Detectron2 class"
+
+
+class UpsampleFPNBackbone(_Padding, UpsampleFPN, Backbone):
+    """The official EfficientViT-MSRA upsampling FPN over a Detectron2 backbone (outputs ``p{log2(stride)}``).
+
+    Args:
+        bottom_up (Backbone): e.g. :class:`D2EfficientViTMSRA` (maps ``res4``, ``res5``, ``res6``).
+        in_features (list[str]): the maps used, finest first, strides doubling.
+        out_channels (int): channels of every level (official: 256).
+        finest_stride (int): stride of the finest output; the levels between it and the finest input come from
+            2x2 stride-2 transposed convolutions (4 with strides 16-64: two of them, as the official Mask R-CNN).
+        num_extra_convs (int): coarser levels after the last input from stride-2 3x3 convs on that input (official
+            RetinaNet: 1, giving stride 128).
+        norm (str): Detectron2 norm name: ``""`` (official), ``"BN"``, ``"SyncBN"`` or ``"GN"``.
+
+    Parameter names are those of the official neck (``lateral_convs.*``, ``fpn_convs.*``, ``extra_trans_convs.*``,
+    ``extra_fpn_convs.*``), so the neck of an official MSRA detector checkpoint loads too.
+    """
+
+    def __init__(self, bottom_up: Backbone, in_features: Sequence[str], out_channels: int, finest_stride: int = 4,
+                 num_extra_convs: int = 0, norm: str = ""):
+        if not isinstance(bottom_up, Backbone):
+            raise TypeError(f"UpsampleFPNBackbone: bottom_up must be a Detectron2 Backbone, got {type(bottom_up)}.")
+        shapes = bottom_up.output_shape()
+        missing = [f for f in in_features if f not in shapes]
+        if not in_features or missing:
+            raise ValueError(f"UpsampleFPNBackbone: in_features {list(in_features)} must be maps of the bottom-up "
+                             f"backbone, which has {list(shapes)}.")
+        strides = [shapes[f].stride for f in in_features]
+        if any(b != 2 * a for a, b in zip(strides, strides[1:])):
+            raise ValueError(f"UpsampleFPNBackbone: the strides of in_features {list(in_features)} ({strides}) must "
+                             "double from one map to the next.")
+        n_trans = int(round(math.log2(strides[0] / finest_stride)))
+        if n_trans < 0 or finest_stride << n_trans != strides[0]:
+            raise ValueError(f"UpsampleFPNBackbone: finest_stride={finest_stride} must be the finest input stride "
+                             f"({strides[0]}) divided by a power of 2.")
+        norm_name = {"": None, "BN": "BN", "SyncBN": "SyncBN", "GN": "GN"}.get(norm, "invalid")
+        if norm_name == "invalid":
+            raise ValueError(f"UpsampleFPNBackbone: norm must be '', 'BN', 'SyncBN' or 'GN' (MODEL.FPN.NORM), "
+                             f"got {norm!r}.")
+        super().__init__([shapes[f].channels for f in in_features], out_channels,
+                         num_outs=len(in_features) + n_trans + num_extra_convs,
+                         add_extra_convs="on_input" if num_extra_convs else False,
+                         num_extra_trans_convs=n_trans, norm=norm_name)
+        self.bottom_up = bottom_up
+        self.in_features = tuple(in_features)
+        out_strides = self.out_strides(strides)
+        self._out_features = [f"p{int(round(math.log2(s)))}" for s in out_strides]
+        self._out_feature_strides = dict(zip(self._out_features, out_strides))
+        self._out_feature_channels = {f: int(out_channels) for f in self._out_features}
+        self._size_divisibility = strides[-1]
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        feats = self.bottom_up(x)
+        outs = UpsampleFPN.forward(self, [feats[f] for f in self.in_features])
+        return dict(zip(self._out_features, outs))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# builders
+# ---------------------------------------------------------------------------------------------------------------
+def _check_family(cfg, family: str) -> None:
+    configured = cfg.MODEL.EFFVIT.FAMILY
+    if configured and configured != family:
+        raise ValueError(
+            f"MODEL.EFFVIT.FAMILY is {configured!r} but MODEL.BACKBONE.NAME is {cfg.MODEL.BACKBONE.NAME!r}, a "
+            f"{family!r} builder. Use build_{configured}_backbone / _fpn_backbone / _retinanet_fpn_backbone, or "
+            f"set MODEL.EFFVIT.FAMILY to {family!r} (valid families: {', '.join(FAMILIES)}).")
+
+
+def backbone_kwargs(cfg, family: str) -> dict:
+    """Constructor arguments of the family's Detectron2 backbone from ``cfg.MODEL.EFFVIT`` (options the family
+    does not have must stay at their defaults; a clear error says so)."""
+    if family not in BACKBONE_CLASSES:
+        raise ValueError(f"Unknown model family {family!r} (MODEL.EFFVIT.FAMILY); valid: {', '.join(FAMILIES)}.")
+    c = cfg.MODEL.EFFVIT
+    if not c.ARCH:
+        arch_names = ", ".join(_arch_names(family))
+        raise ValueError(f"MODEL.EFFVIT.ARCH is not set; the {FAMILIES[family][1]} variants are: {arch_names}.")
+    kwargs = dict(out_features=list(c.OUT_FEATURES), frozen_stages=c.FROZEN_STAGES, norm_eval=c.NORM_EVAL)
+    optional = dict(drop_path_rate=(c.DROP_PATH_RATE, 0.0, "DROP_PATH_RATE"),
+                    seg_resolution=(c.SEG_RESOLUTION or None, None, "SEG_RESOLUTION"),
+                    layer_scale_init_value=(c.LAYER_SCALE_INIT_VALUE or None, None, "LAYER_SCALE_INIT_VALUE"))
+    accepted = inspect.signature(core_class(family).__init__).parameters
+    for arg, (value, default, key) in optional.items():
+        if value is None or value == default:
+            continue
+        if arg not in accepted:
+            raise ValueError(f"MODEL.EFFVIT.{key} = {value!r} is not an option of {FAMILIES[family][1]} (the "
+                             f"official model has no such setting); leave it at its default.")
+        kwargs[arg] = value
+    return kwargs
+
+
+def core_class(family: str) -> type:
+    """The framework-free core class under the family's Detectron2 backbone."""
+    return next(b for b in BACKBONE_CLASSES[family].__bases__ if issubclass(b, BackboneBase))
+
+
+def _arch_names(family: str) -> List[str]:
+    from ..convert import family_module
+
+    return list(family_module(family).ARCH_SETTINGS)
+
+
+def build_effvit_backbone(cfg, input_shape: Optional[ShapeSpec], family: str) -> Backbone:
+    """The family's Detectron2 backbone from ``cfg.MODEL.EFFVIT`` (``input_shape.channels`` input channels)."""
+    kwargs = backbone_kwargs(cfg, family)
+    in_channels = input_shape.channels if input_shape is not None and input_shape.channels else 3
+    try:
+        return BACKBONE_CLASSES[family](cfg.MODEL.EFFVIT.ARCH, in_channels=in_channels, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"MODEL.EFFVIT: {e}") from None
+
+
+def build_effvit_fpn_backbone(cfg, input_shape: Optional[ShapeSpec], family: str) -> Backbone:
+    """Backbone + FPN for two-stage detectors / semantic FPN: outputs from stride 4 (``p2``) up, plus one coarser
+    level (``p6``: max pooling for Detectron2's FPN; EfficientViT-MSRA: its stride-64 stage)."""
+    bottom_up = build_effvit_backbone(cfg, input_shape, family)
+    in_features = list(cfg.MODEL.FPN.IN_FEATURES)
+    _check_in_features(bottom_up, in_features)
+    if family == "efficientvit_msra":
+        return UpsampleFPNBackbone(bottom_up, in_features, cfg.MODEL.FPN.OUT_CHANNELS, finest_stride=4,
+                                   norm=cfg.MODEL.FPN.NORM)
+    return FPN(bottom_up=bottom_up, in_features=in_features, out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+               norm=cfg.MODEL.FPN.NORM, top_block=LastLevelMaxPool(), fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+
+
+def build_effvit_retinanet_fpn_backbone(cfg, input_shape: Optional[ShapeSpec], family: str) -> Backbone:
+    """Backbone + FPN for RetinaNet: strides 8-128 (``p3``-``p7``), the two coarsest levels from stride-2 convs on
+    the last backbone map (EfficientViT-MSRA: stride 8 from a transposed conv, 128 from a conv on its stride-64
+    stage)."""
+    bottom_up = build_effvit_backbone(cfg, input_shape, family)
+    in_features = list(cfg.MODEL.FPN.IN_FEATURES)
+    _check_in_features(bottom_up, in_features)
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    if family == "efficientvit_msra":
+        return UpsampleFPNBackbone(bottom_up, in_features, out_channels, finest_stride=8, num_extra_convs=1,
+                                   norm=cfg.MODEL.FPN.NORM)
+    last = in_features[-1]
+    top = LastLevelP6P7(bottom_up.output_shape()[last].channels, out_channels, in_feature=last)
+    return FPN(bottom_up=bottom_up, in_features=in_features, out_channels=out_channels, norm=cfg.MODEL.FPN.NORM,
+               top_block=top, fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+
+
+def _check_in_features(bottom_up: Backbone, in_features: List[str]) -> None:
+    missing = [f for f in in_features if f not in bottom_up.output_shape()]
+    if not in_features or missing:
+        raise ValueError(
+            f"MODEL.FPN.IN_FEATURES {in_features} must be maps returned by the backbone; it returns "
+            f"{bottom_up.out_features} (MODEL.EFFVIT.OUT_FEATURES; empty = every map of stride >= 4).")
+
+
+def _register(family: str) -> None:
+    for kind, fn in (("", build_effvit_backbone), ("_fpn", build_effvit_fpn_backbone),
+                     ("_retinanet_fpn", build_effvit_retinanet_fpn_backbone)):
+        name = f"build_{family}{kind}_backbone"
+
+        def builder(cfg, input_shape, _fn=fn, _family=family):
+            _check_family(cfg, _family)
+            return _fn(cfg, input_shape, _family)
+
+        builder.__name__ = builder.__qualname__ = name
+        builder.__doc__ = f"Detectron2 builder: {FAMILIES[family][1]} -- {fn.__doc__.splitlines()[0]}"
+        builder.__module__ = __name__
+        if name not in BACKBONE_REGISTRY:
+            BACKBONE_REGISTRY.register(builder)
+        globals()[name] = builder
+        __all__.append(name)
+
+
+for _family in FAMILIES:
+    _register(_family)
