@@ -19,6 +19,7 @@ from effvit_plugins.utils.complexity import count_macs, count_params
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DET_CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, "configs", "**", "*.py"), recursive=True)
                      if f"{os.sep}_base_{os.sep}" not in p and f"{os.sep}demo{os.sep}" not in p
+                     and not p.startswith(osp.join(ROOT, "configs", "detectron2", ""))
                      and Config.fromfile(p).get("default_scope") == "mmdet")
 
 
