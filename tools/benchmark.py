@@ -320,9 +320,6 @@ def suite_d2(args, device, dtype):
         cfg.MODEL.RPN.NMS_THRESH = 1.0
         return build_model(cfg).eval()
 
-    # random weights drive some activations to subnormal floats, which make CPU arithmetic many times slower and
-    # the timings depend on values; flush them to zero (as trained weights would not produce them)
-    torch.set_flush_denormal(True)
     ref = detector(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8).float().to(device)
     x_pad = torch.nn.functional.pad(image, (0, -w % 32, 0, -h % 32))[None]  # what ImageList padding gives
@@ -354,6 +351,9 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    # random weights drive some activations (deep detectors' especially) to subnormal floats, which make CPU
+    # arithmetic many times slower and the timings depend on values: flush them to zero in every suite
+    torch.set_flush_denormal(True)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, dtype {args.dtype}, "
           f"median of {args.repeat} runs")
     for s in args.suite:
