@@ -92,6 +92,28 @@ def randomized():
     return randomize_model
 
 
+def official_classifier_state_dict(family: str, classifier: torch.nn.Module) -> dict:
+    """Our ImageNet classifier's weights renamed to the family's official checkpoint layout (architectures.md key
+    layouts): MIT keeps our names; the others drop ``backbone.``; MSRA's distillation head is ``head_dist.``;
+    EdgeViT / EfficientFormer heads drop ``head.``."""
+    out = {}
+    for k, v in classifier.state_dict().items():
+        if family == "efficientvit_mit":
+            out[k] = v
+        elif k.startswith("backbone."):
+            out[k[len("backbone."):]] = v
+        elif family == "efficientvit_msra":
+            out[k.replace("head.head_dist.", "head_dist.")] = v
+        else:
+            out[k[len("head."):]] = v
+    return out
+
+
+@pytest.fixture
+def official_classifier_layout():
+    return official_classifier_state_dict
+
+
 @pytest.fixture(scope="session")
 def repo_root():
     return ROOT

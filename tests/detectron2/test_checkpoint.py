@@ -24,23 +24,14 @@ CASES = {"efficientvit_mit": ("mask_rcnn_efficientvit_mit_b0_fpn_1x", "b0", "sta
          "efficientformer_v2": ("mask_rcnn_efficientformerv2_s0_fpn_1x", "s0", "model")}
 
 
-def official_file(family, arch, wrapper, path, randomized):
+def official_file(family, arch, wrapper, path, randomized, official_classifier_layout):
     """An ImageNet classifier of the family saved in the official checkpoint layout (checked: the family's converter
     maps it back onto our classifier exactly)."""
     mod = family_module(family)
     (cls,) = [getattr(mod, n) for n in dir(mod) if n.endswith("Classifier") and not n.startswith("_")]
     core = randomized(cls(arch))
     ours = core.state_dict()
-    official = {}
-    for k, v in ours.items():
-        if family == "efficientvit_mit":
-            official[k] = v
-        elif k.startswith("backbone."):
-            official[k[len("backbone."):]] = v
-        elif family == "efficientvit_msra":
-            official[k.replace("head.head_dist.", "head_dist.")] = v
-        else:
-            official[k[len("head."):]] = v
+    official = official_classifier_layout(family, core)
     _, back = convert_official(dict(official), family)
     assert back.keys() == ours.keys()
     torch.save({wrapper: official} if wrapper else official, path)
@@ -55,10 +46,10 @@ def model_of(name):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_official_file_loads_through_model_weights(family, tmp_path, randomized):
+def test_official_file_loads_through_model_weights(family, tmp_path, randomized, official_classifier_layout):
     name, arch, wrapper = CASES[family]
     path = str(tmp_path / f"official_{arch}.pth")
-    expected = official_file(family, arch, wrapper, path, randomized)
+    expected = official_file(family, arch, wrapper, path, randomized, official_classifier_layout)
     model = model_of(name)
     backbone = model.backbone.bottom_up
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
@@ -78,11 +69,11 @@ def test_official_file_loads_through_model_weights(family, tmp_path, randomized)
     assert len(loaded) > 0.8 * len(expected)
     assert all(any(d in k for d in dense_only) for k in kept), [k for k in kept if not any(d in k for d in dense_only)]
 
-def test_convert_checkpoint_to_detectron2(tmp_path, randomized, load_tool):
+def test_convert_checkpoint_to_detectron2(tmp_path, randomized, load_tool, official_classifier_layout):
     """--to detectron2: the backbone under Detectron2's names, loadable by Detectron2's own checkpointer (what
     LazyConfig's train.init_checkpoint uses) with every backbone tensor found."""
     path = str(tmp_path / "efficientvit_b0_r224.pt")
-    expected = official_file("efficientvit_mit", "b0", "state_dict", path, randomized)
+    expected = official_file("efficientvit_mit", "b0", "state_dict", path, randomized, official_classifier_layout)
     dst = str(tmp_path / "b0_d2.pth")
     assert load_tool("convert_checkpoint").main([path, dst, "--to", "detectron2"]) == 0
     data = torch.load(dst, weights_only=True)

@@ -51,25 +51,10 @@ def test_config_matches_official_classifier(path):
     assert ours == official_layout
 
 
-def official_state_dict(family, core):
-    """Our classifier's weights renamed to the official checkpoint layout (architectures.md key layouts)."""
-    out = {}
-    for k, v in core.state_dict().items():
-        if family == "efficientvit_mit":
-            out[k] = v
-        elif k.startswith("backbone."):
-            out[k[len("backbone."):]] = v
-        elif family == "efficientvit_msra":
-            out[k.replace("head.head_dist.", "head_dist.")] = v
-        else:  # edgevit: head.norm/head.head; efficientformer: head.norm/head.head/head.dist_head
-            out[k[len("head."):]] = v
-    return out
-
-
 @pytest.mark.parametrize("name,wrapper", [("efficientvit-mit-b0", "state_dict"), ("efficientvit-msra-m0", "model"),
                                           ("edgevit-xxs", None), ("efficientformer-l1", "model"),
                                           ("efficientformerv2-s0", "model")])
-def test_official_checkpoint_converts_into_config(tmp_path, name, wrapper, bn_randomizer):
+def test_official_checkpoint_converts_into_config(tmp_path, name, wrapper, bn_randomizer, official_classifier_layout):
     import importlib.util
     spec = importlib.util.spec_from_file_location("cc", os.path.join(ROOT, "tools", "convert_checkpoint.py"))
     cc = importlib.util.module_from_spec(spec)
@@ -79,7 +64,7 @@ def test_official_checkpoint_converts_into_config(tmp_path, name, wrapper, bn_ra
     torch.manual_seed(0)
     core = cls(variant).eval()
     bn_randomizer(core)
-    official = official_state_dict(family, core)
+    official = official_classifier_layout(family, core)
     if family == "efficientvit_msra":  # official 1x1 conv weights may be stored 2-D
         official = {k: (v.flatten(1) if k.endswith(".c.weight") and v.dim() == 4 and v.shape[-1] == 1 else v)
                     for k, v in official.items()}
@@ -94,9 +79,9 @@ def test_official_checkpoint_converts_into_config(tmp_path, name, wrapper, bn_ra
         assert torch.allclose(model(x, mode="tensor"), core(x), atol=1e-5)
 
 
-def test_checkpoint_of_another_family_is_named(tmp_path):
+def test_checkpoint_of_another_family_is_named(tmp_path, official_classifier_layout):
     from mmpretrain.registry import MODELS
-    official = official_state_dict("efficientformer_v1", efficientformer_v1.EfficientFormerV1Classifier("l1"))
+    official = official_classifier_layout("efficientformer_v1", efficientformer_v1.EfficientFormerV1Classifier("l1"))
     torch.save({"model": official}, tmp_path / "ef_official.pth")
     bb = MODELS.build(dict(type="EfficientViTMSRA", arch="m0",
                            init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "ef_official.pth"))))
@@ -104,10 +89,10 @@ def test_checkpoint_of_another_family_is_named(tmp_path):
         bb.init_weights()
 
 
-def test_truncated_checkpoint_loads_nothing(tmp_path):
+def test_truncated_checkpoint_loads_nothing(tmp_path, official_classifier_layout):
     from mmpretrain.registry import MODELS
     core = edgevit.EdgeViTClassifier("xxs")
-    torch.save({"model": official_state_dict("edgevit", core)}, tmp_path / "full.pth")
+    torch.save({"model": official_classifier_layout("edgevit", core)}, tmp_path / "full.pth")
     data = (tmp_path / "full.pth").read_bytes()
     (tmp_path / "trunc.pth").write_bytes(data[: len(data) // 2])
     bb = MODELS.build(dict(type="EdgeViT", arch="xxs",
@@ -190,7 +175,7 @@ def test_training_loop_and_accuracy(tmp_path, imagefolder, name):
 @pytest.mark.parametrize("name,typ", [("efficientvit-msra-m0", "EfficientViTMSRA"), ("edgevit-xxs", "EdgeViT"),
                                       ("efficientformer-l1", "EfficientFormerV1"),
                                       ("efficientformerv2-s0", "EfficientFormerV2")])
-def test_dense_backbone_loads_official_imagenet_file(tmp_path, name, typ):
+def test_dense_backbone_loads_official_imagenet_file(tmp_path, name, typ, official_classifier_layout):
     """init_cfg=Pretrained with the *original* official file (converted on load) into an mmdet backbone."""
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
@@ -198,7 +183,7 @@ def test_dense_backbone_loads_official_imagenet_file(tmp_path, name, typ):
     prefix, variant = split_name(name)
     family, cls = FAMILY_OF[prefix]
     core = cls(variant)
-    torch.save({"model": official_state_dict(family, core)}, tmp_path / "official.pth")
+    torch.save({"model": official_classifier_layout(family, core)}, tmp_path / "official.pth")
     bb = MODELS.build(dict(type=typ, arch=variant, out_indices=(0, 1, 2, 3) if family != "efficientvit_msra"
                            else (0, 1, 2), init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "official.pth"))))
     bb.init_weights()
