@@ -215,12 +215,21 @@ def suite_det(args, device, dtype):
         return lambda t: model.predict(t, [sample.clone()], rescale=False)
 
     print(f"== Mask R-CNN, one {h}x{w} image: ours vs mmdet's R-50-FPN (whole model: predict; backbone alone) ==")
-    for name, rel in DET_CONFIGS:
-        ours = detector(load_config(os.path.join(root, rel)))
-        t_ours, t_ref = time_pair(whole(ours), whole(ref), x_pad, args.repeat, args.warmup, device, dtype)
-        report(f"Mask R-CNN {name}", f"{h}x{w}", t_ours, t_ref, "R-50")
-        t_ours, t_ref = time_pair(ours.backbone, ref.backbone, x_pad, args.repeat, args.warmup, device, dtype)
-        report(f"  backbone {name}", f"{h}x{w}", t_ours, t_ref, "R-50")
+    compare_detectors(args, device, dtype, "", ((name, detector(load_config(os.path.join(root, rel))))
+                                                for name, rel in DET_CONFIGS), ref,
+                      whole, lambda m: m.backbone, x_pad, x_pad, (h, w))
+
+
+def compare_detectors(args, device, dtype, tag, detectors, ref, whole, backbone_of, x_whole, x_backbone, hw):
+    """Time each of ``detectors`` ((name, model) pairs, built lazily) against ``ref``: the whole model
+    (``whole(model)`` called on ``x_whole``), then its backbone alone (``backbone_of(model)`` on ``x_backbone``)."""
+    shape = f"{hw[0]}x{hw[1]}"
+    for name, ours in detectors:
+        t_ours, t_ref = time_pair(whole(ours), whole(ref), x_whole, args.repeat, args.warmup, device, dtype)
+        report(f"{tag}Mask R-CNN {name}", shape, t_ours, t_ref, "R-50")
+        t_ours, t_ref = time_pair(backbone_of(ours), backbone_of(ref), x_backbone, args.repeat, args.warmup, device,
+                                  dtype)
+        report(f"  {tag}backbone {name}", shape, t_ours, t_ref, "R-50")
 
 
 ONNX_BACKBONES = (  # (our core module, backbone class, arch, timm name or None): smallest and largest per family
@@ -329,13 +338,9 @@ def suite_d2(args, device, dtype):
 
     print(f"== Detectron2 Mask R-CNN, one {h}x{w} image: ours vs Detectron2's R-50-FPN (whole model; backbone "
           f"alone) ==")
-    for name, rel in D2_CONFIGS:
-        ours = detector(os.path.join(root, rel))
-        t_ours, t_ref = time_pair(whole(ours), whole(ref), image, args.repeat, args.warmup, device, dtype)
-        report(f"d2 Mask R-CNN {name}", f"{h}x{w}", t_ours, t_ref, "R-50")
-        t_ours, t_ref = time_pair(ours.backbone.bottom_up, ref.backbone.bottom_up, x_pad, args.repeat, args.warmup,
-                                  device, dtype)
-        report(f"  d2 backbone {name}", f"{h}x{w}", t_ours, t_ref, "R-50")
+    compare_detectors(args, device, dtype, "d2 ", ((name, detector(os.path.join(root, rel)))
+                                                   for name, rel in D2_CONFIGS), ref,
+                      whole, lambda m: m.backbone.bottom_up, image, x_pad, (h, w))
 
 
 def timm_features(timm, name, size):
