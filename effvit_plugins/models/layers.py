@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn

@@ -13,7 +13,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
 from effvit_plugins.convert import FAMILIES, family_module
-from effvit_plugins.detectron2 import BACKBONE_CLASSES, add_effvit_config, build_optimizer
+from effvit_plugins.detectron2 import add_effvit_config, build_optimizer
 from effvit_plugins.mm import backbones as mm_backbones
 from effvit_plugins.mm.necks import EfficientViTMSRAFPN
 
