@@ -263,14 +263,15 @@ def suite_onnx(args, device, dtype):
 
     from effvit_plugins.mm.deploy import build_export_model
     from effvit_plugins.mm.tools_common import load_config
-    from effvit_plugins.utils.onnx_export import ExportError, torch_vs_onnxruntime
+    from effvit_plugins.utils.onnx_export import ExportError, keep_freed_memory, torch_vs_onnxruntime
 
     if device != "cpu" or dtype != torch.float32:
         print("== onnx suite: CPU float32 only (onnxruntime CPU provider); skipped ==")
         return
     threads = torch.get_num_threads()
+    kept = keep_freed_memory()  # onnxruntime keeps an arena; eager then keeps its freed pages too
     print(f"== deployment: PyTorch eager vs onnxruntime ({threads} threads) and timm eager, batch 1, "
-          f"median of {args.repeat} interleaved rounds ==")
+          f"median of {args.repeat} interleaved rounds; freed memory kept in the process: {kept} ==")
     wanted = set(args.variants) if args.variants else None
     for mod_name, cls_name, arch, timm_name in ONNX_BACKBONES:
         if wanted is not None and arch not in wanted:

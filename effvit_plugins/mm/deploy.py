@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.layers import exporting_fixed_size
+
 
 class ClassifierLogits(nn.Module):
     def __init__(self, model: nn.Module):
@@ -36,6 +38,11 @@ class SegmentorLogits(nn.Module):
 
     def forward(self, x):
         logits = self.model(x, mode="tensor")
+        if exporting_fixed_size():
+            # a Reshape between the classifier conv and the Resize keeps onnxruntime from running this Resize in its
+            # blocked NCHWc layout and then reordering the full-size logits on one thread (about 60 ms at 1024x2048)
+            n, c, h, w = logits.shape
+            logits = logits.reshape(n, c * h, w).reshape(n, c, h, w)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 

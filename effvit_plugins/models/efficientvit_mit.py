@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
-from .layers import (ConvNormAct, autocast_off, is_channels_last, like_memory_format, set_norm_eps,
+from .layers import (ConvNormAct, autocast_off, is_channels_last, like_memory_format, set_norm_eps, upsample,
                      use_channels_last)
 
 FAMILY = "EfficientViT-MIT"
@@ -471,7 +471,7 @@ def resize_to(x: torch.Tensor, size, mode: str = "bicubic") -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     with autocast_off(x):
-        return F.interpolate(x.float(), size=tuple(size), mode=mode, align_corners=False).to(x.dtype)
+        return upsample(x.float(), size, mode).to(x.dtype)
 
 
 class UpSampleLayer(nn.Module):

@@ -80,6 +80,31 @@ def test_segmentor_exports_logits_at_input_size(rel, tmp_path, repo_root, load_t
     assert max_relative_error(logits, ref.numpy()) < 1e-4
 
 
+def _resize_modes(path):
+    return sorted(next((a.s.decode() for a in n.attribute if a.name == "mode"), "nearest")
+                  for n in onnx.load(path).graph.node if n.op_type == "Resize")
+
+
+def test_fixed_size_segmentor_upsamples_by_convolution(tmp_path, repo_root, load_tool, bn_randomizer):
+    """A fixed-size export writes the SegHead's x2 / x4 bicubic upsampling as convolution + DepthToSpace (no cubic
+    Resize: onnxruntime runs that on one thread), keeps the final logits Resize on plain NCHW (a Reshape before it),
+    and still equals PyTorch; at a size that is not a multiple of 32 the factors are not integers and Resize stays."""
+    rel = SEGMENTORS[0]
+    model, ckpt = _checkpoint(repo_root, rel, tmp_path, bn_randomizer)
+    for shape, d2s, modes in [((128, 256), 2, ["linear"]), ((100, 150), 0, ["cubic", "cubic", "linear"])]:
+        out = tmp_path / f"seg_{shape[0]}.onnx"
+        report = _run_tool(load_tool, repo_root, rel, ckpt, out, shape)
+        assert not report.dynamic and report.max_rel_error < 1e-4
+        assert report.op_counts.get("DepthToSpace", 0) == d2s and _resize_modes(str(out)) == modes
+        x = torch.randn(1, 3, *shape)
+        with torch.inference_mode():
+            ref = nn.functional.interpolate(model(x, mode="tensor"), size=shape, mode="bilinear",
+                                            align_corners=False)
+        assert max_relative_error(_ort(str(out), x)[0], ref.numpy()) < 1e-4
+    final = [n for n in onnx.load(str(tmp_path / "seg_128.onnx")).graph.node if n.op_type in ("Reshape", "Resize")]
+    assert [n.op_type for n in final[-3:]] == ["Reshape", "Reshape", "Resize"]
+
+
 def test_features_of_a_classifier_config_are_every_backbone_map(tmp_path, repo_root, load_tool):
     rel = "efficientvit_mit/efficientvit-mit-b0_8xb256_in1k.py"
     out = tmp_path / "feat.onnx"

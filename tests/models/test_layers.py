@@ -1,0 +1,70 @@
+"""Shared building blocks (``effvit_plugins.models.layers``) that no family test covers on their own."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from effvit_plugins.models.layers import (ConvNormAct, exporting_fixed_size, fixed_size_export, is_channels_last,
+                                          upsample, upsample_by_conv, upsample_phase_kernel)
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("factor", [2, 3, 4, 8])
+def test_upsample_by_conv_equals_interpolate(mode, factor):
+    """The polyphase convolution written into fixed-size ONNX graphs is F.interpolate (align_corners=False),
+    borders included, on maps as small as 1x1 and with odd sides."""
+    g = torch.Generator().manual_seed(factor)
+    for h, w in [(1, 1), (2, 3), (7, 5), (16, 32)]:
+        x = torch.randn(2, 3, h, w, generator=g, dtype=torch.float64)
+        ref = F.interpolate(x, size=(h * factor, w * factor), mode=mode, align_corners=False)
+        out = upsample_by_conv(x, factor, mode)
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+def test_phase_kernel_rows_sum_to_one_and_bad_mode():
+    for mode in ("bicubic", "bilinear"):
+        rows, pad = upsample_phase_kernel(4, mode)
+        assert len(rows) == 4 and all(len(r) == 2 * pad + 1 for r in rows)
+        assert all(abs(sum(r) - 1.0) < 1e-12 for r in rows)
+    with pytest.raises(ValueError, match="'bicubic' or 'bilinear'.*'nearest'"):
+        upsample_phase_kernel(2, "nearest")
+
+
+def test_fixed_size_export_only_inside_an_onnx_export(tmp_path):
+    """``upsample`` is F.interpolate outside an export (also inside the context); the context nests and restores."""
+    x = torch.randn(1, 2, 4, 6)
+    with fixed_size_export():
+        assert not exporting_fixed_size()  # not exporting: eager keeps PyTorch's own kernel
+        with fixed_size_export(False):
+            pass
+        torch.testing.assert_close(upsample(x, (8, 12)), F.interpolate(x, size=(8, 12), mode="bicubic"))
+    assert not exporting_fixed_size()
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("with_norm", [True, False], ids=["conv_bn", "conv"])
+def test_weight_bound_pointwise_conv_runs_as_one_gemm(channels_last, batch, with_norm, monkeypatch):
+    """At inference a 1x1 conv whose weights outweigh its maps is a matrix product (oneDNN's conv was up to 3x slower
+    there): same values as the convolution, same memory layout; a large map keeps the convolution."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(256, 384, 1, bias=not with_norm)
+    norm = nn.BatchNorm2d(384) if with_norm else None
+    if norm is not None:
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2), norm.weight.data.uniform_(0.5, 2)
+    unit = ConvNormAct(conv, norm, nn.ReLU()).eval()
+    x = torch.randn(batch, 256, 3, 5)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = unit.act(norm(conv(x)) if norm is not None else conv(x))  # the training graph's ops
+    calls = []
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda self, *a: calls.append(a) or F.conv2d(a[0], *a[1:]))
+    with torch.inference_mode():
+        out = unit(x)
+        assert not calls, "the weight-bound 1x1 conv still went through the convolution"
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        assert is_channels_last(out) == channels_last and out.shape == (batch, 384, 3, 5)
+        unit(torch.randn(batch, 256, 32, 32))  # maps outweigh the weights: convolution
+        assert len(calls) == 1
