@@ -390,14 +390,17 @@ class EfficientViTMSRABackbone(BackboneBase):
             An image size (e.g. 224) builds the tables as the official classifier does for that size
             (``min(7, stage resolution)``), which is what ImageNet checkpoints contain. Either way any input size
             works; checkpoints of the other kind load with the bias tables resized (one log line says which).
+        channels_last: run channels-last (outputs are returned contiguous NCHW); ``None`` = for CPU inference,
+            where it is faster (M4 on 2 threads: 1.11x / 1.16x timm's speed at 224 / 512, NCHW 1.06x / 1.05x).
     """
 
     FAMILY = FAMILY
 
     def __init__(self, arch: Union[str, dict, None] = None, in_channels: int = 3, out_indices=(0, 1, 2),
                  frozen_stages: int = -1, norm_eval: bool = False, drop_path_rate: float = 0.0,
-                 img_size: Optional[Union[int, Tuple[int, int]]] = None):
+                 img_size: Optional[Union[int, Tuple[int, int]]] = None, channels_last: Optional[bool] = None):
         super().__init__()
+        self.channels_last = channels_last
         cfg = resolve_arch(arch, ARCH_SETTINGS, FAMILY)
         embed_dims = list(cfg["embed_dims"])
         depths = list(cfg["depths"])

@@ -212,14 +212,24 @@ def folded_conv_bn(conv: nn.Conv2d, bn: nn.Module):
     return weight, bias
 
 
-def _weight_bound_pointwise(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """A 1x1, stride-1, ungrouped conv on a CPU map where the weights hold at least as many numbers as the input and
-    output maps together (the deep stages of the large variants at classification sizes)."""
-    if (x.device.type != "cpu" or x.dim() != 4 or conv.kernel_size != (1, 1) or conv.stride != (1, 1)
-            or conv.groups != 1 or conv.dilation != (1, 1) or conv.padding not in ((0, 0), "valid")):
+SMALL_MAP_PIXELS = 4096  # N*H*W up to which an NCHW 1x1 conv is faster as a GEMM (64x64 at batch 1)
+
+
+def pointwise_as_gemm(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether ``conv`` on the CPU map ``x`` is faster as one matrix product than through oneDNN: a 1x1, stride-1,
+    ungrouped conv whose weights hold at least as many numbers as its input and output maps together (the deep
+    stages of the large variants), or, on an NCHW map, any map up to ``SMALL_MAP_PIXELS`` pixels (there the
+    convolution's fixed per-call cost dominates: 1.2-3x slower on 2 threads for the MSRA shapes). Channels-last
+    maps larger than that stay convs (oneDNN is as fast or faster there), and so does everything under autocast
+    (the convolution casts its bias with the rest; the GEMM path would add it in float32)."""
+    if (x.device.type != "cpu" or x.dim() != 4 or torch.is_autocast_enabled("cpu") or conv.kernel_size != (1, 1)
+            or conv.stride != (1, 1) or conv.groups != 1 or conv.dilation != (1, 1)
+            or conv.padding not in ((0, 0), "valid")):
         return False
     b, c, h, w = x.shape
-    return conv.out_channels * c >= b * h * w * (c + conv.out_channels)
+    if conv.out_channels * c >= b * h * w * (c + conv.out_channels):
+        return True
+    return b * h * w <= SMALL_MAP_PIXELS and not is_channels_last(x)
 
 
 def pointwise_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -241,7 +251,7 @@ def inference_conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
     A weight-bound 1x1 conv on the CPU runs as one GEMM: oneDNN's convolution took up to 3x longer there (e.g.
     12288->1024 on a 7x7 map: 21.6 ms vs 6.7 ms on 2 threads), and these convs hold most of the time of
     EfficientViT-L3 at 224. Not while tracing: an ONNX graph keeps its Conv nodes."""
-    if not cache_disabled() and _weight_bound_pointwise(conv, x):
+    if not cache_disabled() and pointwise_as_gemm(conv, x):
         return pointwise_gemm(x, weight, bias)
     return conv._conv_forward(x, weight, bias)  # nn.Conv2d's own call (padding modes included)
 

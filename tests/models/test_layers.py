@@ -4,8 +4,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from effvit_plugins.models.layers import (ConvNormAct, exporting_fixed_size, fixed_size_export, is_channels_last,
-                                          upsample, upsample_by_conv, upsample_phase_kernel)
+from effvit_plugins.models.layers import (SMALL_MAP_PIXELS, ConvNormAct, exporting_fixed_size, fixed_size_export,
+                                          is_channels_last, pointwise_as_gemm, upsample, upsample_by_conv,
+                                          upsample_phase_kernel)
 
 
 @pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
@@ -66,5 +67,23 @@ def test_weight_bound_pointwise_conv_runs_as_one_gemm(channels_last, batch, with
         assert not calls, "the weight-bound 1x1 conv still went through the convolution"
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
         assert is_channels_last(out) == channels_last and out.shape == (batch, 384, 3, 5)
-        unit(torch.randn(batch, 256, 32, 32))  # maps outweigh the weights: convolution
+        unit(torch.randn(batch, 256, 80, 80))  # a large map that outweighs the weights: convolution
         assert len(calls) == 1
+
+
+def test_which_pointwise_convs_run_as_gemm():
+    """Weight-bound 1x1 convs in both layouts; on NCHW also every map up to SMALL_MAP_PIXELS; nothing else."""
+    def decide(cin, cout, n, h, w, channels_last=False, **conv_kw):
+        x = torch.randn(n, cin, h, w)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return pointwise_as_gemm(nn.Conv2d(cin, cout, conv_kw.pop("k", 1), **conv_kw), x)
+
+    assert decide(512, 1024, 1, 7, 7) and decide(512, 1024, 1, 7, 7, channels_last=True)  # weight-bound
+    assert decide(32, 64, 4, 7, 7) and not decide(32, 64, 4, 7, 7, channels_last=True)  # small NCHW map
+    assert SMALL_MAP_PIXELS == 64 * 64 and decide(64, 128, 1, 64, 64) and not decide(64, 128, 1, 65, 64)
+    assert not decide(64, 128, 1, 80, 80, channels_last=True)
+    assert not decide(64, 128, 1, 7, 7, k=3, padding=1) and not decide(64, 128, 1, 7, 7, stride=2)
+    assert not decide(64, 128, 1, 7, 7, groups=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not decide(512, 1024, 1, 7, 7)
