@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from .base import BackboneBase, resolve_arch
-from .layers import (DropPath, LinearMlp, RelPosBias, biased_attention, conv_bn, drop_path_rates,
+from .layers import (DropPath, GroupNorm, LinearMlp, RelPosBias, biased_attention, conv_bn, drop_path_rates,
                      resize_bias_tables_on_load, stem_conv_bn_act)
 
 __all__ = [
@@ -242,7 +242,7 @@ class EfficientFormerV1Backbone(BackboneBase):
                            in_channels, out_indices, frozen_stages, norm_eval)
         if self.out_norm:
             for i in self.out_indices:
-                self.add_module(f"norm{2 * i}", nn.GroupNorm(1, embed_dims[i]))
+                self.add_module(f"norm{2 * i}", GroupNorm(1, embed_dims[i]))
             self._freeze_stages()  # the output norms freeze with their stage
 
     def _init_linear(self) -> None:

@@ -155,6 +155,30 @@ def upsample(x: torch.Tensor, size, mode: str = "bicubic") -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)  # traced sizes stay symbolic
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters, same keys) whose ONNX graph averages within each channel first.
+
+    Exported as is, ``GroupNorm(1, C)`` becomes one ``InstanceNormalization`` over all ``C*H*W`` values of a sample;
+    onnxruntime's float32 reduction over that one long axis lost precision on the EfficientFormer-L1 stride-4 map at
+    512x512 (786k values: 2.4e-4 relative error after the norm, against 3e-7 before it). Reducing per channel and
+    then across the channels of a group (``ReduceMean`` twice) brings it to 6e-7. Eager PyTorch is unchanged.
+    """
+
+    def forward(self, x):
+        if not torch.onnx.is_in_onnx_export():
+            return super().forward(x)
+        n, c = x.shape[0], x.shape[1]
+        t = x.reshape(n, self.num_groups, c // self.num_groups, -1)
+        mean = t.mean(-1, keepdim=True).mean(2, keepdim=True)
+        d = t - mean
+        var = (d * d).mean(-1, keepdim=True).mean(2, keepdim=True)
+        y = (d * torch.rsqrt(var + self.eps)).reshape(x.shape)
+        if self.affine:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
 def autocast_off(x: torch.Tensor):
     """Context manager disabling autocast for ``x``'s device (meta tensors use the CPU autocast state)."""
     dev = x.device.type

@@ -4,9 +4,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from effvit_plugins.models.layers import (SMALL_MAP_PIXELS, ConvNormAct, exporting_fixed_size, fixed_size_export,
-                                          is_channels_last, pointwise_as_gemm, upsample, upsample_by_conv,
-                                          upsample_phase_kernel)
+from effvit_plugins.models.layers import (SMALL_MAP_PIXELS, ConvNormAct, GroupNorm, exporting_fixed_size,
+                                          fixed_size_export, is_channels_last, pointwise_as_gemm, upsample,
+                                          upsample_by_conv, upsample_phase_kernel)
 
 
 @pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
@@ -87,3 +87,27 @@ def test_which_pointwise_convs_run_as_gemm():
     assert not decide(64, 128, 1, 7, 7, groups=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not decide(512, 1024, 1, 7, 7)
+
+
+def test_groupnorm_exports_with_per_channel_reductions(tmp_path):
+    """EfficientFormer-L1's stride-4 output GroupNorm at 512x512: exported as nn.GroupNorm (one
+    InstanceNormalization over 786k values) onnxruntime (pinned 1.31.1) misses the 1e-4 check; our GroupNorm, the
+    same module in eager mode, reduces per channel first and passes with margin."""
+    from effvit_plugins.models.efficientformer_v1 import EfficientFormerV1Backbone
+    from effvit_plugins.utils.onnx_export import ExportError, export_onnx
+
+    torch.manual_seed(0)
+    model = EfficientFormerV1Backbone("l1", out_indices=(0,)).eval()
+    assert type(model.norm0) is GroupNorm and isinstance(model.norm0, nn.GroupNorm)
+    x = torch.randn(2, 48, 9, 11)
+    plain = nn.GroupNorm(1, 48)
+    plain.load_state_dict(model.norm0.state_dict())
+    with torch.no_grad():
+        model.norm0.weight.uniform_(0.5, 2), model.norm0.bias.uniform_(-1, 1)
+        plain.load_state_dict(model.norm0.state_dict())
+        assert torch.equal(model.norm0(x), plain(x))  # eager: nn.GroupNorm itself
+    report = export_onnx(model, str(tmp_path / "ours.onnx"), (512, 512))
+    assert report.max_rel_error < 1e-5 and "InstanceNormalization" not in report.op_counts
+    model.norm0 = plain
+    with pytest.raises(ExportError, match="max relative error"):
+        export_onnx(model, str(tmp_path / "plain.onnx"), (512, 512))
