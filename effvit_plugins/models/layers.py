@@ -137,7 +137,7 @@ def upsample_by_conv(x: torch.Tensor, factor: int, mode: str) -> torch.Tensor:
     """``F.interpolate(x, scale_factor=factor, mode=mode, align_corners=False)`` for an integer ``factor``, as
     edge padding, one depthwise convolution with ``factor**2`` outputs per channel and a pixel shuffle."""
     rows, pad = upsample_phase_kernel(factor, mode)
-    c, k = x.shape[1], len(rows[0])
+    c = x.shape[1]
     kernel2d = [[[[a * b for b in rq] for a in rp]] for rp in rows for rq in rows]  # (factor**2, 1, k, k)
     weight = torch.tensor(kernel2d * c, dtype=x.dtype, device=x.device)
     y = F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="replicate"), weight, groups=c)
