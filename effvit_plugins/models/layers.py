@@ -1,6 +1,7 @@
 """Building blocks used by more than one family (one implementation each)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -77,7 +78,8 @@ def resize_bias_map(bias: torch.Tensor, size: Tuple[int, int], mode: str = "bicu
 _FIXED_SIZE_EXPORT = [False]
 
 
-class fixed_size_export:  # noqa: N801  (used like a function: a context manager)
+@contextlib.contextmanager
+def fixed_size_export(enabled: bool = True):
     """While active (and ``torch.onnx`` is exporting), the graph is known to run at the traced size only.
 
     :func:`upsample` then writes integer-factor bicubic / bilinear upsampling as a grouped convolution and a
@@ -85,18 +87,11 @@ class fixed_size_export:  # noqa: N801  (used like a function: a context manager
     of the 0.64 s of the B1 segmentor at 1024x2048). A dynamic export keeps ``Resize``: there the factor between
     two maps is not fixed (sides that are not multiples of 32).
     """
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = bool(enabled)
-
-    def __enter__(self):
-        self._before = _FIXED_SIZE_EXPORT[0]
-        _FIXED_SIZE_EXPORT[0] = self.enabled
-        return self
-
-    def __exit__(self, *exc):
-        _FIXED_SIZE_EXPORT[0] = self._before
-        return False
+    before, _FIXED_SIZE_EXPORT[0] = _FIXED_SIZE_EXPORT[0], bool(enabled)
+    try:
+        yield
+    finally:
+        _FIXED_SIZE_EXPORT[0] = before
 
 
 def exporting_fixed_size() -> bool:
@@ -268,16 +263,20 @@ def pointwise_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     return y.view(b, -1, h, w)
 
 
-def inference_conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
-                   bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``conv``'s convolution with ``weight``/``bias`` (its own or BN-folded) when no autograd graph is recorded.
+def inference_conv(conv: nn.Conv2d, x: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                   bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``conv(x)``, or with ``weight``/``bias`` given (BN folded) the convolution with those.
 
-    A weight-bound 1x1 conv on the CPU runs as one GEMM: oneDNN's convolution took up to 3x longer there (e.g.
-    12288->1024 on a 7x7 map: 21.6 ms vs 6.7 ms on 2 threads), and these convs hold most of the time of
-    EfficientViT-L3 at 224. Not while tracing: an ONNX graph keeps its Conv nodes."""
-    if not cache_disabled() and pointwise_as_gemm(conv, x):
+    When no autograd graph is recorded, a 1x1 conv that :func:`pointwise_as_gemm` selects runs as one GEMM:
+    oneDNN's convolution took up to 3x longer there (e.g. 12288->1024 on a 7x7 map: 21.6 ms vs 6.7 ms on 2
+    threads), and these convs hold most of the time of EfficientViT-L3 at 224. Not while tracing: an ONNX graph
+    keeps its Conv nodes."""
+    own = weight is None
+    if own:
+        weight, bias = conv.weight, conv.bias
+    if not torch.is_grad_enabled() and not cache_disabled() and pointwise_as_gemm(conv, x):
         return pointwise_gemm(x, weight, bias)
-    return conv._conv_forward(x, weight, bias)  # nn.Conv2d's own call (padding modes included)
+    return conv(x) if own else conv._conv_forward(x, weight, bias)
 
 
 def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -323,12 +322,7 @@ class ConvNormAct(nn.Module):
         conv, norm, act = (getattr(self, n) for n in self._names)
         if self.dropout is not None:
             x = self.dropout(x)
-        if norm is not None:
-            x = conv_bn(conv, norm, x)
-        elif isinstance(conv, nn.Conv2d) and not torch.is_grad_enabled():
-            x = inference_conv(conv, x, conv.weight, conv.bias)
-        else:
-            x = conv(x)
+        x = inference_conv(conv, x) if norm is None else conv_bn(conv, norm, x)
         return apply_act(act, x)
 
 

@@ -36,6 +36,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
 from ..models.layers import fixed_size_export
 
 OPSET = 20
