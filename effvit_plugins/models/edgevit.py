@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
+from .spec import FamilySpec, Paper, register_family
 from .layers import DropPath, LinearMlp, drop_path_rates
 
 FAMILY = "EdgeViT"
@@ -324,3 +325,16 @@ __all__ = [
     "ARCH_SETTINGS", "OFFICIAL_KEY_SIGNATURE", "EdgeViTBackbone", "EdgeViTClsHead", "EdgeViTClassifier",
     "convert_official_checkpoint",
 ]
+
+
+SPEC = register_family(FamilySpec(
+    key="edgevit", title="EdgeViT", name="EdgeViT", config_folder="edgevit", config_prefix="edgevit",
+    backbone=EdgeViTBackbone, cls_head=EdgeViTClsHead, classifier=EdgeViTClassifier,
+    arch_settings=ARCH_SETTINGS, feature_strides=(4, 8, 16, 32),
+    convert=convert_official_checkpoint, key_signature=OFFICIAL_KEY_SIGNATURE,
+    imagenet_weights=None,  # no official weights were released
+    dense_norm_eval=True, det_variant="xs", cls_crop_pct=0.875,
+    paper=Paper(authors="Pan et al.", venue="ECCV 2022", arxiv="2205.03436",
+                title="EdgeViTs: Competing Light-weight CNNs on Mobile Devices with Vision Transformers",
+                code="saic-fi/edgevit"),
+))

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from .base import BackboneBase, resolve_arch
+from .spec import FamilySpec, Paper, register_family
 from .layers import (DropPath, GroupNorm, LinearMlp, RelPosBias, biased_attention, conv_bn, drop_path_rates,
                      resize_bias_tables_on_load, stem_conv_bn_act)
 
@@ -380,3 +381,24 @@ def infer_arch(state_dict: Mapping[str, torch.Tensor], arch_settings: Mapping[st
             return name
     raise ValueError(f"No {family} variant has widths {dims} and depths {depths}. "
                      f"Known variants: {', '.join(arch_settings)}.")
+
+
+SPEC = register_family(FamilySpec(
+    key="efficientformer_v1", title="EfficientFormer V1", name="EfficientFormerV1",
+    config_folder="efficientformer", config_prefix="efficientformer",
+    backbone=EfficientFormerV1Backbone, cls_head=EfficientFormerV1ClsHead, classifier=EfficientFormerV1Classifier,
+    arch_settings=ARCH_SETTINGS, feature_strides=(4, 8, 16, 32),
+    convert=convert_official_checkpoint, key_signature=OFFICIAL_KEY_SIGNATURE, key_exclude=OFFICIAL_KEY_EXCLUDE,
+    new_in_dense=NEW_IN_DENSE, unused_on_load=UNUSED_ON_LOAD,
+    imagenet_weights="efficientformer_{v}_300d.pth",
+    # official dense backbones (snap-research/EfficientFormer detection/backbone.py, segmentation/backbone.py):
+    # "_seg" bias tables for the stride-32 token grid side, trained BatchNorm statistics, L7's detection layer scale
+    seg_resolution={"det": 25, "seg": 16}, dense_layer_scale={"l7": 1e-6}, dense_norm_eval=False,
+    det_variant="l1",
+    cls_backbone_kwargs=dict(out_norm=False),  # the classifier has its own final norm
+    cls_batch="8xb128", cls_crop_pct=0.95, cls_distillation=True,
+    plot_family="EfficientFormer",
+    paper=Paper(authors="Li et al.", venue="NeurIPS 2022", arxiv="2206.01191",
+                title="EfficientFormer: Vision Transformers at MobileNet Speed",
+                code="snap-research/EfficientFormer"),
+))

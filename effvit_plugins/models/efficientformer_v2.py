@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
+from .spec import FamilySpec, Paper, register_family
 from .efficientformer_v1 import (DistilledClsHead, _drop_path, convert_official_checkpoint,  # noqa: F401
                                  infer_arch as _infer_arch)
 from .layers import (ConvNormAct, RelPosBias, biased_attention, conv_bn, drop_path_rates,
@@ -354,3 +355,24 @@ class EfficientFormerV2Classifier(nn.Module):
 def infer_arch(state_dict) -> str:
     """Variant name of an official (or converted) EfficientFormer V2 state dict, from its widths and depths."""
     return _infer_arch(state_dict, ARCH_SETTINGS, FAMILY)
+
+
+SPEC = register_family(FamilySpec(
+    key="efficientformer_v2", title="EfficientFormer V2", name="EfficientFormerV2",
+    config_folder="efficientformer", config_prefix="efficientformerv2",
+    backbone=EfficientFormerV2Backbone, cls_head=EfficientFormerV2ClsHead, classifier=EfficientFormerV2Classifier,
+    arch_settings=ARCH_SETTINGS, feature_strides=(4, 8, 16, 32),
+    convert=convert_official_checkpoint, key_signature=OFFICIAL_KEY_SIGNATURE,
+    new_in_dense=NEW_IN_DENSE, unused_on_load=UNUSED_ON_LOAD,
+    imagenet_weights="eformer_{v}_450.pth",
+    # official dense backbones (snap-research/EfficientFormer detection/backbonev2.py, segmentation/backbonev2.py):
+    # "_seg" bias tables for the input side in pixels, the ImageNet recipe's stochastic depth, trained BN statistics
+    seg_resolution={"det": 800, "seg": 512}, dense_drop_path={v: r for v, r in OFFICIAL_DROP_PATH.items() if r},
+    dense_norm_eval=False, det_variant="s2",
+    cls_drop_path={v: r for v, r in OFFICIAL_DROP_PATH.items() if r},
+    cls_batch="8xb128", cls_crop_pct=0.95, cls_distillation=True,
+    plot_family="EfficientFormer",
+    paper=Paper(authors="Li et al.", venue="ICCV 2023", arxiv="2212.08059",
+                title="Rethinking Vision Transformers for MobileNet Size and Speed",
+                code="snap-research/EfficientFormer"),
+))

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
+from .spec import FamilySpec, Paper, register_family
 from .layers import (ConvNormAct, autocast_off, is_channels_last, like_memory_format, set_norm_eps, upsample,
                      use_channels_last)
 
@@ -575,3 +576,28 @@ def convert_official_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> Dict[
         else:
             out["decode_head." + rest] = v
     return out
+
+
+def _cls_head_kwargs(variant: str) -> dict:
+    a = ARCH_SETTINGS[variant]
+    s = SERIES_DEFAULTS[a["series"]]
+    return dict(widths=a["head_widths"], act=s["act"], norm_eps=s["eps"])
+
+
+SPEC = register_family(FamilySpec(
+    key="efficientvit_mit", title="EfficientViT (MIT)", name="EfficientViTMIT",
+    config_folder="efficientvit_mit", config_prefix="efficientvit-mit",
+    backbone=EfficientViTMITBackbone, cls_head=EfficientViTMITClsHead, classifier=EfficientViTMITClassifier,
+    arch_settings=ARCH_SETTINGS,
+    # L0 has no released ImageNet model (no head widths); it stays buildable but gets no configs
+    variants=tuple(v for v, a in ARCH_SETTINGS.items() if a["head_widths"] is not None),
+    feature_strides=(2, 4, 8, 16, 32),
+    convert=convert_official_checkpoint, key_signature=OFFICIAL_KEY_SIGNATURE,
+    imagenet_weights="efficientvit_{v}_r224.pt",
+    dense_norm_eval=True, det_variant="b1",
+    cls_head_kwargs=_cls_head_kwargs,
+    cls_crop_pct=lambda a: 0.95 if a["series"] == "b" else 1.0,
+    paper=Paper(authors="Cai et al.", venue="ICCV 2023", arxiv="2205.14756",
+                title="EfficientViT: Multi-Scale Linear Attention for High-Resolution Dense Prediction",
+                code="mit-han-lab/efficientvit"),
+))

@@ -50,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
+from .spec import FamilySpec, Paper, register_family
 from .layers import (ConvNormAct, DropPath, cache_disabled, drop_path_rates, relative_bias_index,
                      resize_bias_tables_on_load, tensor_stamp)
 
@@ -551,3 +552,18 @@ def convert_official_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> Dict[
             raise ValueError(f"{FAMILY}: {k} has {length} offsets, not a square window; not an official table.")
         out[k[: -len("attention_biases")] + "attention_bias_idxs"] = CascadedGroupAttention._full_window_index(r)
     return out
+
+
+SPEC = register_family(FamilySpec(
+    key="efficientvit_msra", title="EfficientViT (MSRA)", name="EfficientViTMSRA",
+    config_folder="efficientvit_msra", config_prefix="efficientvit-msra",
+    backbone=EfficientViTMSRABackbone, cls_head=EfficientViTMSRAClsHead, classifier=EfficientViTMSRAClassifier,
+    arch_settings=ARCH_SETTINGS, feature_strides=(16, 32, 64), upsample_neck=True,
+    convert=convert_official_checkpoint, key_signature=OFFICIAL_KEY_SIGNATURE,
+    imagenet_weights="efficientvit_{v}.pth",
+    dense_norm_eval=True, det_variant="m4",
+    cls_backbone_kwargs=dict(img_size=224), cls_crop_pct=0.875,
+    paper=Paper(authors="Liu et al.", venue="CVPR 2023", arxiv="2305.07027",
+                title="EfficientViT: Memory Efficient Vision Transformer with Cascaded Group Attention",
+                code="microsoft/Cream"),
+))
