@@ -193,6 +193,16 @@ class FamilySpec:
 
 _SPECS: Dict[str, FamilySpec] = {}
 _LOADED = False
+_LISTENERS: List[Callable[[FamilySpec], None]] = []
+
+
+def on_register(callback: Callable[[FamilySpec], None]) -> None:
+    """Call ``callback(spec)`` for every family registered so far (built-in ones included) and for every family
+    registered later. The framework adapters use this to make their classes for each family (OpenMMLab backbone
+    and head adapters, Detectron2 backbones), so a family declared anywhere gets them without further edits."""
+    _LISTENERS.append(callback)
+    for spec in families():
+        callback(spec)
 
 
 def register_family(spec: FamilySpec) -> FamilySpec:
@@ -204,13 +214,14 @@ def register_family(spec: FamilySpec) -> FamilySpec:
     for other in _SPECS.values():
         if other.key == spec.key or other.name == spec.name:
             if _same_class(other.backbone, spec.backbone):
-                _SPECS[other.key] = spec  # the same module imported again (e.g. pytest's importlib mode)
-                return spec
+                return other  # the same module imported again (e.g. pytest's importlib mode): keep the first
             what = "key" if other.key == spec.key else "name"
             raise ValueError(f"Cannot register model family {spec.key!r} ({spec.backbone.__qualname__}): its "
                              f"{what} {getattr(spec, what)!r} is already used by family {other.key!r} "
                              f"({other.backbone.__module__}.{other.backbone.__qualname__}). Pick another {what}.")
     _SPECS[spec.key] = spec
+    for callback in list(_LISTENERS):
+        callback(spec)
     return spec
 
 
