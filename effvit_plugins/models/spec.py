@@ -200,8 +200,9 @@ def on_register(callback: Callable[[FamilySpec], None]) -> None:
     """Call ``callback(spec)`` for every family registered so far (built-in ones included) and for every family
     registered later. The framework adapters use this to make their classes for each family (OpenMMLab backbone
     and head adapters, Detectron2 backbones), so a family declared anywhere gets them without further edits."""
+    specs = families()  # built-in families load first, so each spec reaches the callback once
     _LISTENERS.append(callback)
-    for spec in families():
+    for spec in specs:
         callback(spec)
 
 
