@@ -33,9 +33,7 @@ reported together with ``speed-up = reference / ours``. Nothing here is a test: 
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -57,30 +55,18 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def time_pair(ours, ref, x, repeat, warmup, device, dtype):
-    """Median seconds per forward of ``ours(x)`` and ``ref(x)``, alternating runs."""
+    """Median seconds per forward of ``ours(x)`` and ``ref(x)`` (``ref`` may be None), timed interleaved
+    (:func:`effvit_plugins.utils.benchmark.time_interleaved`) in inference mode, under autocast for a half
+    ``dtype``."""
+    from effvit_plugins.utils.benchmark import time_interleaved
+
     amp = dtype != torch.float32
-    t_ours, t_ref = [], []
+    fns = [lambda: ours(x)] + ([lambda: ref(x)] if ref is not None else [])
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
     with torch.inference_mode(), torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=amp):
-        for _ in range(warmup):
-            ours(x)
-            if ref is not None:
-                ref(x)
-        _sync(device)
-        for _ in range(repeat):
-            for fn, acc in ((ours, t_ours), (ref, t_ref)):
-                if fn is None:
-                    continue
-                t0 = time.perf_counter()
-                fn(x)
-                _sync(device)
-                acc.append(time.perf_counter() - t0)
-    return statistics.median(t_ours), (statistics.median(t_ref) if t_ref else None)
+        t_ours, *t_ref = time_interleaved(fns, repeat, warmup, sync=sync)
+    return t_ours, (t_ref[0] if t_ref else None)
 
 
 def report(name, shape, t_ours, t_ref, ref_name, macs=None):
@@ -263,7 +249,8 @@ def suite_onnx(args, device, dtype):
 
     from effvit_plugins.mm.deploy import build_export_model
     from effvit_plugins.mm.tools_common import load_config
-    from effvit_plugins.utils.onnx_export import ExportError, keep_freed_memory, torch_vs_onnxruntime
+    from effvit_plugins.deploy import ExportError
+    from effvit_plugins.utils.benchmark import keep_freed_memory, torch_vs_onnxruntime
 
     if device != "cpu" or dtype != torch.float32:
         print("== onnx suite: CPU float32 only (onnxruntime CPU provider); skipped ==")

@@ -75,7 +75,7 @@ def measure(section: str, families, latency: str = "none", repeat: int = 3, thre
 
     from effvit_plugins.mm.deploy import ClassifierLogits, SegmentorLogits
     from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config, model_complexity
-    from effvit_plugins.utils.onnx_export import keep_freed_memory, time_interleaved, torch_vs_onnxruntime
+    from effvit_plugins.utils.benchmark import keep_freed_memory, time_interleaved, torch_vs_onnxruntime
 
     if threads:
         torch.set_num_threads(threads)

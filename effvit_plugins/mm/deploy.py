@@ -1,5 +1,7 @@
 """What ``tools/deploy/export_onnx.py`` exports from a config: plain ``nn.Module`` views of an OpenMMLab model.
 
+The OpenMMLab-specific part of deployment; the export itself (framework-free) is :mod:`effvit_plugins.deploy`.
+
 * :class:`ClassifierLogits` -- an mmpretrain ``ImageClassifier``: logits ``(N, classes)``.
 * :class:`SegmentorLogits` -- an mmseg ``EncoderDecoder``: logits resized to the input size ``(N, classes, H, W)``
   (bilinear, the segmentor's ``align_corners``, as mmseg's ``predict`` does before the arg-max).
@@ -17,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models.layers import exporting_fixed_size
+from ..deploy.rewrites import exporting_fixed_size
 
 
 class ClassifierLogits(nn.Module):

@@ -293,6 +293,9 @@ class EdgeViTClsHead(nn.Module):
 class EdgeViTClassifier(nn.Module):
     """The official ImageNet EdgeViT (``edgevit_xxs`` / ``edgevit_xs`` / ``edgevit_s``): backbone + head."""
 
+    # official checkpoint names of our keys (our prefix -> theirs; convert_official_checkpoint is the inverse)
+    official_key_prefixes = (("backbone.", ""), ("head.", ""))
+
     def __init__(self, arch=None, num_classes: int = 1000, in_channels: int = 3, drop_path_rate: float = 0.0,
                  **backbone_kwargs):
         super().__init__()

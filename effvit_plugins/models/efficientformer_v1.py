@@ -31,8 +31,8 @@ import torch.nn as nn
 
 from .base import BackboneBase, resolve_arch
 from .spec import FamilySpec, Paper, register_family
-from .layers import (DropPath, GroupNorm, LinearMlp, RelPosBias, biased_attention, conv_bn, drop_path_rates,
-                     resize_bias_tables_on_load, stem_conv_bn_act)
+from .layers import (DropPath, GroupNorm, LinearMlp, RelPosBias, biased_attention, conv_bn, distilled_logits,
+                     drop_path_rates, resize_bias_tables_on_load, stem_conv_bn_act)
 
 __all__ = [
     "ARCH_SETTINGS", "OFFICIAL_KEY_SIGNATURE", "OFFICIAL_KEY_EXCLUDE", "EfficientFormerV1Backbone",
@@ -299,7 +299,10 @@ class DistilledClsHead(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, feats):
-        return distilled_logits(self, self.pre_logits(feats))
+        x = self.pre_logits(feats)
+        if not self.distillation:
+            return self.head(x)
+        return distilled_logits(self.head(x), self.dist_head(x), self.training)
 
 
 class EfficientFormerV1ClsHead(DistilledClsHead):
@@ -313,18 +316,11 @@ class EfficientFormerV1ClsHead(DistilledClsHead):
         return self.norm(x.flatten(2).transpose(1, 2)).mean(1)
 
 
-def distilled_logits(head: nn.Module, x: torch.Tensor):
-    """``head.head(x)``, or with ``head.distillation`` the pair (training) / mean (eval) with ``head.dist_head``."""
-    if not head.distillation:
-        return head.head(x)
-    out, dist = head.head(x), head.dist_head(x)
-    if head.training:
-        return out, dist
-    return (out + dist) / 2
-
-
 class EfficientFormerV1Classifier(nn.Module):
     """The official ImageNet model: :class:`EfficientFormerV1Backbone` (last stage, no output norm) + head."""
+
+    # official checkpoint names of our keys (our prefix -> theirs; convert_official_checkpoint is the inverse)
+    official_key_prefixes = (("backbone.", ""), ("head.", ""))
 
     def __init__(self, arch=None, num_classes: int = 1000, distillation: bool = True, **backbone_kwargs):
         super().__init__()

@@ -342,6 +342,9 @@ class EfficientFormerV2ClsHead(DistilledClsHead):
 class EfficientFormerV2Classifier(nn.Module):
     """The official ImageNet model: :class:`EfficientFormerV2Backbone` (last stage) + head."""
 
+    # official checkpoint names of our keys (our prefix -> theirs; convert_official_checkpoint is the inverse)
+    official_key_prefixes = (("backbone.", ""), ("head.", ""))
+
     def __init__(self, arch=None, num_classes: int = 1000, distillation: bool = True, **backbone_kwargs):
         super().__init__()
         backbone_kwargs.setdefault("out_indices", (3,))

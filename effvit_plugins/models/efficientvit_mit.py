@@ -453,6 +453,9 @@ class EfficientViTMITClsHead(nn.Module):
 class EfficientViTMITClassifier(nn.Module):
     """Official ImageNet classifier = backbone (last stage) + :class:`EfficientViTMITClsHead`."""
 
+    # official checkpoint names of our keys (our prefix -> theirs): the official names are ours
+    official_key_prefixes = ()
+
     def __init__(self, arch=None, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.0, **kwargs):
         super().__init__()
         cfg = resolve_arch(arch, ARCH_SETTINGS, FAMILY, optional=("head_widths", "act"))

@@ -51,8 +51,8 @@ import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
 from .spec import FamilySpec, Paper, register_family
-from .layers import (ConvNormAct, DropPath, cache_disabled, drop_path_rates, relative_bias_index,
-                     resize_bias_tables_on_load, tensor_stamp)
+from .layers import (ConvNormAct, DropPath, distilled_logits, drop_path_rates, inference_cache,
+                     relative_bias_index, resize_bias_tables_on_load)
 
 __all__ = [
     "ARCH_SETTINGS", "OFFICIAL_KEY_SIGNATURE", "EfficientViTMSRABackbone", "EfficientViTMSRAClsHead",
@@ -79,9 +79,6 @@ ARCH_SETTINGS: Dict[str, dict] = {
 
 # Key fragments found only in official MSRA EfficientViT checkpoints (cascaded-group-attention layout).
 OFFICIAL_KEY_SIGNATURE = ("mixer.m.attn.qkvs.", "mixer.m.attn.dws.", "patch_embed.6.c.weight")
-# Tensors whose shape may legitimately differ from the model's: the attention layers resample them on load
-# (an ImageNet checkpoint built for 224 has a 4x4 stage-3 window; the dense-prediction backbone uses 7x7).
-RESAMPLED_ON_LOAD = ("attention_biases", "attention_bias_idxs")
 
 PATCH_STRIDE = 16
 
@@ -203,7 +200,6 @@ class CascadedGroupAttention(nn.Module):
         self.register_buffer("attention_bias_idxs", self._full_window_index(r))
         self.bias_tables = {"attention_biases": (r, r)}
         self._index_cache: Dict[tuple, torch.Tensor] = {}
-        self._bias_cache: Dict[tuple, tuple] = {}
 
     # -- relative-position bias ------------------------------------------------------------------------------
     @staticmethod
@@ -235,24 +231,17 @@ class CascadedGroupAttention(nn.Module):
         return table[:, idx]
 
     def attention_bias(self, h: int, w: int) -> torch.Tensor:
-        """(heads, h*w, h*w) bias; memoised at inference (recomputed when the table changes)."""
-        if self.training or torch.is_grad_enabled() or cache_disabled():
+        """(heads, h*w, h*w) bias; at inference kept in the module's
+        :class:`~effvit_plugins.models.layers.InferenceCache` (recomputed when the table changes)."""
+        if self.training:
             return self._gather_bias(h, w)
-        stamp = tensor_stamp(self.attention_biases, self.attention_bias_idxs)
-        if stamp is None:
-            return self._gather_bias(h, w)
-        hit = self._bias_cache.get((h, w))
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        bias = self._gather_bias(h, w)
-        self._bias_cache[(h, w)] = (stamp, bias)
-        return bias
+        return inference_cache(self).get((h, w), (self.attention_biases, self.attention_bias_idxs),
+                                         lambda: self._gather_bias(h, w))
 
     def init_non_persistent_buffers(self) -> None:
         """Recompute the (derived) index buffer, e.g. after ``to_empty()`` (timm's name for this step)."""
         self.attention_bias_idxs = self._full_window_index(self.resolution).to(self.attention_biases.device)
         self._index_cache = {}
-        self._bias_cache = {}
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -260,13 +249,11 @@ class CascadedGroupAttention(nn.Module):
         # size were resized by the backbone's resize_bias_tables_on_load hook before this runs)
         if prefix + "attention_biases" in state_dict:
             state_dict[prefix + "attention_bias_idxs"] = self.attention_bias_idxs.detach().clone()
-        self._bias_cache = {}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
     def _apply(self, fn, *args, **kwargs):
         self._index_cache = {}
-        self._bias_cache = {}
         return super()._apply(fn, *args, **kwargs)
 
     # -- forward -----------------------------------------------------------------------------------------------
@@ -488,15 +475,15 @@ class EfficientViTMSRAClsHead(nn.Module):
             return x
         out = self.l(self.bn(x))
         if self.distillation:
-            dist = self.head_dist(x)
-            if self.training:
-                return out, dist
-            return (out + dist) / 2
+            return distilled_logits(out, self.head_dist(x), self.training)
         return out
 
 
 class EfficientViTMSRAClassifier(nn.Module):
     """The official ImageNet model: backbone built for ``img_size`` (224) + classification head."""
+
+    # official checkpoint names of our keys (our prefix -> theirs; convert_official_checkpoint is the inverse)
+    official_key_prefixes = (("backbone.", ""), ("head.head_dist.", "head_dist."))
 
     def __init__(self, arch: Union[str, dict, None] = None, num_classes: int = 1000, in_channels: int = 3,
                  img_size: Optional[Union[int, Tuple[int, int]]] = 224, drop_path_rate: float = 0.0,

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import logging
 import math
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -73,105 +72,53 @@ def resize_bias_map(bias: torch.Tensor, size: Tuple[int, int], mode: str = "bicu
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Upsampling for fixed-size ONNX graphs
+# Deploy-time graph rewrites: the hook points (the rewrites themselves live in effvit_plugins.deploy.rewrites)
 # ---------------------------------------------------------------------------------------------------------------
-_FIXED_SIZE_EXPORT = [False]
+_EXPORT_REWRITES: Dict[str, Callable] = {}
 
 
 @contextlib.contextmanager
-def fixed_size_export(enabled: bool = True):
-    """While active (and ``torch.onnx`` is exporting), the graph is known to run at the traced size only.
-
-    :func:`upsample` then writes integer-factor bicubic / bilinear upsampling as a grouped convolution and a
-    ``DepthToSpace`` instead of a ``Resize`` (onnxruntime's cubic ``Resize`` runs on one thread and took 0.26 s
-    of the 0.64 s of the B1 segmentor at 1024x2048). A dynamic export keeps ``Resize``: there the factor between
-    two maps is not fixed (sides that are not multiples of 32).
-    """
-    before, _FIXED_SIZE_EXPORT[0] = _FIXED_SIZE_EXPORT[0], bool(enabled)
+def export_rewrites(**rewrites: Callable):
+    """While active, the blocks below that have a hook call ``rewrites[name]`` instead of their eager code when
+    ``torch.onnx`` is tracing them; outside an export they run unchanged. Hooks: ``upsample(x, size, mode)``
+    (may return None: not rewritten) and ``group_norm(module, x)``. The rewrites are deployment code
+    (:mod:`effvit_plugins.deploy.rewrites` installs them for an export); the cores only read this table, so they
+    never import the deploy package. Nests and restores."""
+    before = dict(_EXPORT_REWRITES)
+    _EXPORT_REWRITES.update(rewrites)
     try:
         yield
     finally:
-        _FIXED_SIZE_EXPORT[0] = before
+        _EXPORT_REWRITES.clear()
+        _EXPORT_REWRITES.update(before)
 
 
-def exporting_fixed_size() -> bool:
-    return _FIXED_SIZE_EXPORT[0] and torch.onnx.is_in_onnx_export()
-
-
-def _cubic_weights(t: float, a: float = -0.75):
-    """PyTorch's bicubic kernel (a = -0.75) for the 4 taps around a source position with fraction ``t``."""
-    near = lambda d: ((a + 2) * d - (a + 3)) * d * d + 1  # noqa: E731  |d| <= 1
-    far = lambda d: ((a * d - 5 * a) * d + 8 * a) * d - 4 * a  # noqa: E731  1 < |d| < 2
-    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
-
-
-@functools.lru_cache(maxsize=None)
-def upsample_phase_kernel(factor: int, mode: str) -> Tuple[Tuple[Tuple[float, ...], ...], int]:
-    """1-D polyphase weights (``factor`` rows of ``2*pad+1`` taps) and the edge padding for upsampling by an
-    integer ``factor`` with ``align_corners=False``: output ``factor*k + p`` is ``sum_j w[p][j] * in[k - pad + j]``
-    on the edge-padded input. Equals ``F.interpolate`` with that scale: PyTorch clamps the taps that fall outside
-    the input to the border pixel (bicubic) or clamps the source position at 0 (bilinear), and an edge pad
-    reproduces both. Plain Python numbers, so that tracing records only constants."""
-    if mode not in ("bicubic", "bilinear"):
-        raise ValueError(f"upsample_phase_kernel: mode must be 'bicubic' or 'bilinear', got {mode!r}")
-    phases = []
-    for p in range(factor):
-        src = (p + 0.5) / factor - 0.5
-        first = math.floor(src)
-        t = src - first
-        if mode == "bicubic":
-            phases.append(dict(zip(range(first - 1, first + 3), _cubic_weights(t))))
-        else:
-            phases.append({first: 1.0 - t, first + 1: t})
-    pad = max(max(-min(ph), max(ph)) for ph in phases)
-    rows = tuple(tuple(ph.get(j - pad, 0.0) for j in range(2 * pad + 1)) for ph in phases)
-    return rows, pad
-
-
-def upsample_by_conv(x: torch.Tensor, factor: int, mode: str) -> torch.Tensor:
-    """``F.interpolate(x, scale_factor=factor, mode=mode, align_corners=False)`` for an integer ``factor``, as
-    edge padding, one depthwise convolution with ``factor**2`` outputs per channel and a pixel shuffle."""
-    rows, pad = upsample_phase_kernel(factor, mode)
-    c = x.shape[1]
-    kernel2d = [[[[a * b for b in rq] for a in rp]] for rp in rows for rq in rows]  # (factor**2, 1, k, k)
-    weight = torch.tensor(kernel2d * c, dtype=x.dtype, device=x.device)
-    y = F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="replicate"), weight, groups=c)
-    return F.pixel_shuffle(y, factor)
+def export_rewrite(name: str) -> Optional[Callable]:
+    """The rewrite installed for ``name`` when an ONNX export is tracing the caller, else None."""
+    if not _EXPORT_REWRITES or not torch.onnx.is_in_onnx_export():
+        return None
+    return _EXPORT_REWRITES.get(name)
 
 
 def upsample(x: torch.Tensor, size, mode: str = "bicubic") -> torch.Tensor:
-    """``F.interpolate(x, size, mode, align_corners=False)``; in a fixed-size ONNX export (see
-    :class:`fixed_size_export`) an integer factor with the same value on both sides becomes
-    :func:`upsample_by_conv`."""
-    if exporting_fixed_size() and mode in ("bicubic", "bilinear"):
-        (h, w), (hi, wi) = (int(s) for s in size), x.shape[-2:]  # int(): sizes are constants in this graph
-        if h // hi == w // wi > 1 and (h, w) == (h // hi * hi, w // wi * wi):
-            return upsample_by_conv(x, h // hi, mode)
+    """``F.interpolate(x, size, mode, align_corners=False)``; in an export the ``upsample`` rewrite may replace
+    it (:func:`effvit_plugins.deploy.rewrites.fixed_size_upsample`: a convolution for integer factors)."""
+    rewrite = export_rewrite("upsample")
+    if rewrite is not None:
+        y = rewrite(x, size, mode)
+        if y is not None:
+            return y
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)  # traced sizes stay symbolic
 
 
 class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (same parameters, same keys) whose ONNX graph averages within each channel first.
-
-    Exported as is, ``GroupNorm(1, C)`` becomes one ``InstanceNormalization`` over all ``C*H*W`` values of a sample;
-    onnxruntime's float32 reduction over that one long axis lost precision on the EfficientFormer-L1 stride-4 map at
-    512x512 (786k values: 2.4e-4 relative error after the norm, against 3e-7 before it). Reducing per channel and
-    then across the channels of a group (``ReduceMean`` twice) brings it to 6e-7. Eager PyTorch is unchanged.
-    """
+    """``nn.GroupNorm`` (same parameters, same keys) with the ``group_norm`` export hook: in an ONNX export made
+    by :mod:`effvit_plugins.deploy` its graph averages within each channel first
+    (:func:`effvit_plugins.deploy.rewrites.group_norm_per_channel`, which says why). Eager PyTorch is unchanged."""
 
     def forward(self, x):
-        if not torch.onnx.is_in_onnx_export():
-            return super().forward(x)
-        n, c = x.shape[0], x.shape[1]
-        t = x.reshape(n, self.num_groups, c // self.num_groups, -1)
-        mean = t.mean(-1, keepdim=True).mean(2, keepdim=True)
-        d = t - mean
-        var = (d * d).mean(-1, keepdim=True).mean(2, keepdim=True)
-        y = (d * torch.rsqrt(var + self.eps)).reshape(x.shape)
-        if self.affine:
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        rewrite = export_rewrite("group_norm")
+        return super().forward(x) if rewrite is None else rewrite(self, x)
 
 
 def autocast_off(x: torch.Tensor):
@@ -181,7 +128,7 @@ def autocast_off(x: torch.Tensor):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Inference-time caches (BN folding, expanded attention biases)
+# Inference-time caches (BN folding, expanded attention biases): one cache, InferenceCache
 # ---------------------------------------------------------------------------------------------------------------
 def cache_disabled() -> bool:
     """True while tracing / scripting / compiling: derived tensors must then be recomputed, not cached."""
@@ -201,34 +148,78 @@ def tensor_stamp(*tensors):
         return None
 
 
+class InferenceCache:
+    """The one memo of tensors derived from a module's parameters/buffers for inference (folded Conv+BN weights,
+    expanded attention biases): at most ``capacity`` entries, each valid while the identity/version/device/dtype
+    stamp of its source tensors is unchanged, i.e. recomputed whenever a source is replaced, moved, cast or changed
+    in place (``load_state_dict``, an optimizer step, ``.to()``).
+
+    Used only when no autograd graph is recorded (a cached tensor carries no gradient) and not while
+    tracing / scripting / compiling (derived tensors must then be part of the graph); otherwise :meth:`get` just
+    computes. Entries are computed outside inference mode, so a tensor cached under ``torch.inference_mode`` is
+    usable after it. Callers decide when a derived tensor may be reused at all (e.g. not in training mode).
+    """
+
+    def __init__(self, capacity: int = 2):
+        self.capacity = int(capacity)
+        self.entries: Dict[tuple, tuple] = {}
+
+    def get(self, key: tuple, sources, compute: Callable[[], object]):
+        if torch.is_grad_enabled() or cache_disabled():
+            return compute()
+        stamp = tensor_stamp(*sources)
+        if stamp is None:
+            return compute()
+        hit = self.entries.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        with torch.inference_mode(False), torch.no_grad():
+            value = compute()
+        if key not in self.entries and len(self.entries) >= self.capacity:
+            self.entries.pop(next(iter(self.entries)))
+        self.entries[key] = (stamp, value)
+        return value
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+def inference_cache(module: nn.Module) -> InferenceCache:
+    """``module``'s :class:`InferenceCache` (created on first use; not part of the state dict)."""
+    cache = module.__dict__.get("_inference_cache")
+    if cache is None:
+        cache = module.__dict__["_inference_cache"] = InferenceCache()
+    return cache
+
+
 def is_inference(bn: nn.Module) -> bool:
     return not bn.training and not torch.is_grad_enabled()
 
 
-def folded_conv_bn(conv: nn.Conv2d, bn: nn.Module):
-    """``(weight, bias)`` of ``conv`` followed by eval-mode ``bn`` as one convolution.
+def fold_bn(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.Module):
+    """``(weight, bias)`` of one convolution equal to the convolution ``(weight, bias)`` followed by eval-mode
+    BatchNorm ``bn`` (its running statistics; affine parameters optional). The one BN-folding formula: used at
+    inference (:func:`folded_conv_bn`) and for export (:func:`effvit_plugins.deploy.folding.fold_batchnorm`)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    if bias is not None:
+        shift = shift + bias * scale
+    return weight * scale.reshape((-1,) + (1,) * (weight.dim() - 1)), shift
 
-    The one BN-folding cache of the package: stored on ``conv`` (attribute ``_bn_fold``) and recomputed whenever one
-    of the source tensors is replaced, moved, cast or changed in place (their identity/version/device/dtype stamp
-    changes); bypassed while tracing/compiling. Returns ``None`` when folding is not possible (no running stats).
-    """
-    parts = [getattr(bn, n, None) for n in ("weight", "bias", "running_mean", "running_var")]
-    if any(not torch.is_tensor(t) for t in parts) or not hasattr(bn, "eps") or cache_disabled():
+
+def folded_conv_bn(conv: nn.Conv2d, bn: nn.Module):
+    """:func:`fold_bn` of ``conv`` and ``bn``, kept in ``conv``'s :class:`InferenceCache` (at inference).
+    Returns ``None`` when folding is not possible (no running statistics) or not wanted (tracing / compiling: the
+    graph keeps its BatchNorm, which an export folds on a copy of the model instead)."""
+    stats = (getattr(bn, "running_mean", None), getattr(bn, "running_var", None))
+    if any(not torch.is_tensor(t) for t in stats) or not hasattr(bn, "eps") or cache_disabled():
         return None
-    sources = (conv.weight, *parts) + ((conv.bias,) if conv.bias is not None else ())
-    stamp = tensor_stamp(*sources)
-    if stamp is None:
-        return None
-    cached = conv.__dict__.get("_bn_fold")
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    weight = conv.weight * scale.view(-1, 1, 1, 1)
-    bias = bn.bias - bn.running_mean * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    conv.__dict__["_bn_fold"] = (stamp, (weight, bias))
-    return weight, bias
+    sources = tuple(t for t in (conv.weight, conv.bias, bn.weight, bn.bias, *stats) if t is not None)
+    return inference_cache(conv).get(("bn_fold",), sources, lambda: fold_bn(conv.weight, conv.bias, bn))
 
 
 SMALL_MAP_PIXELS = 4096  # N*H*W up to which an NCHW 1x1 conv is faster as a GEMM (64x64 at batch 1)
@@ -390,12 +381,10 @@ class RelPosBias(nn.Module):
 
     :meth:`attention_bias` returns the ``(heads, Nq, Nk)`` bias for the attention actually computed: the gathered
     table when ``(Nq, Nk)`` is the size it was built for, otherwise that map resized bicubically (the official
-    dense-prediction rule). Outside training the result is cached (a few sizes, keyed by size/device/dtype and
-    invalidated when the parameter is changed in place or replaced, e.g. by ``load_state_dict``).
+    dense-prediction rule). At inference (eval mode, no autograd) the result is kept in the module's
+    :class:`InferenceCache` (the last two sizes/dtypes; recomputed when the table is changed or replaced).
     ``bias_tables`` tells :func:`resize_bias_tables_on_load` the grid of each table.
     """
-
-    bias_cache_size: int = 2
 
     def _init_heads(self, num_heads: int, key_dim: int, attn_ratio: float) -> None:
         """Head geometry of the LeViT-style attentions: ``key_dim`` per head for q/k, ``d = attn_ratio * key_dim``
@@ -418,7 +407,6 @@ class RelPosBias(nn.Module):
                              self._bias_index_tensor(None if default_device.type == "meta" else default_device),
                              persistent=False)
         self.bias_tables = {self.table_name: (int(k_size[0]), int(k_size[1]))}
-        self._bias_cache: Dict[tuple, tuple] = {}
 
     def _bias_index_tensor(self, device=None) -> torch.Tensor:
         q_size, k_size, q_stride = self._grid
@@ -446,30 +434,13 @@ class RelPosBias(nn.Module):
         return resize_bias_map(self.bias_table[:, self.bias_index], (nq, nk))
 
     def attention_bias(self, nq: int, nk: int, dtype: torch.dtype) -> torch.Tensor:
-        if self.training or cache_disabled():
+        if self.training:
             return self._expanded_bias(nq, nk).to(dtype)
-        p = self.bias_table
-        key = (nq, nk, p.device, dtype)
-        hit = self._bias_cache.get(key)
-        if hit is not None and hit[0] is p and hit[1] == p._version:
-            return hit[2]
-        with torch.inference_mode(False), torch.no_grad():
-            bias = self._expanded_bias(nq, nk).to(dtype).contiguous()
-        if key not in self._bias_cache and len(self._bias_cache) >= self.bias_cache_size:
-            self._bias_cache.pop(next(iter(self._bias_cache)))
-        self._bias_cache[key] = (p, p._version, bias)
-        return bias
+        return inference_cache(self).get((nq, nk, dtype), (self.bias_table, self.bias_index),
+                                         lambda: self._expanded_bias(nq, nk).to(dtype))
 
     def clear_bias_cache(self) -> None:
-        self._bias_cache = {}
-
-    def train(self, mode: bool = True):
-        self.clear_bias_cache()
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        self.clear_bias_cache()
-        return super()._apply(fn, *args, **kwargs)
+        inference_cache(self).clear()
 
 
 class resize_bias_tables_on_load:  # noqa: N801  (used like a function: a picklable hook factory)
@@ -505,6 +476,15 @@ class resize_bias_tables_on_load:  # noqa: N801  (used like a function: a pickla
                      f"{', ...' if len(keys) > 3 else ''})" for (a, b), keys in changes.items()]
             logger.info("%s: resized attention-bias tables bicubically on their offset grids: %s", self.family,
                         "; ".join(parts))
+
+
+def distilled_logits(logits: torch.Tensor, dist_logits: torch.Tensor, training: bool):
+    """The output of a classifier with a distillation head (DeiT, Touvron et al., arXiv 2012.12877, as the official
+    EfficientFormer and EfficientViT-MSRA heads use it): both logits in training (the loss needs each), their mean
+    at evaluation."""
+    if training:
+        return logits, dist_logits
+    return (logits + dist_logits) / 2
 
 
 def stem_conv_bn_act(in_ch: int, out_ch: int, act_layer) -> nn.Sequential:

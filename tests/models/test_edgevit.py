@@ -19,16 +19,16 @@ from effvit_plugins.models.edgevit import (
 )
 
 VARIANTS = ["xxs", "xs", "s"]
-HEAD_ROOTS = ("norm", "head")
 
-# Our measurements of the official saic-fi/edgevit code (architectures.md §3.1): params and MACs at 224 with the
-# head, asserted within their rounding. The repository publishes no figures; the 4.1 / 6.7 / 11.1M quoted in other
-# projects' tables do not match the official code for XS and S (6.77M, 13.11M), so they are not asserted.
-# EdgeViT is not in timm: no exact count to compare with.
+# Our measurements of the official saic-fi/edgevit code (src/edgevit.py; arXiv 2205.03436): params and MACs at 224 with
+# the head, asserted within their rounding. The repository publishes no figures; the 4.1 / 6.7 / 11.1M quoted in other
+# projects' tables do not match the official code for XS and S (6.77M, 13.11M), so they are not asserted. EdgeViT is not
+# in timm: no exact count to compare with.
 OFFICIAL_PARAMS = {"xxs": "4.07M", "xs": "6.77M", "s": "13.11M"}
 OFFICIAL_MACS_224 = {"xxs": "0.551G", "xs": "1.128G", "s": "1.911G"}
 
-# Official variant facts (architectures.md §3.1 table), written out independently of ARCH_SETTINGS.
+# Official variant facts (edgevit_xxs / edgevit_xs / edgevit_s in saic-fi/edgevit src/edgevit.py), written out
+# independently of ARCH_SETTINGS.
 OFFICIAL_ARCH = {
     "xxs": dict(dims=[36, 72, 144, 288], depths=[1, 1, 3, 2], heads=[1, 2, 4, 8]),
     "xs": dict(dims=[48, 96, 240, 384], depths=[1, 1, 3, 1], heads=[1, 2, 5, 8]),
@@ -176,7 +176,7 @@ def test_params_and_macs_match_official(variant, complexity, on_meta):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_official_key_layout(variant, to_official, on_meta):
     model = on_meta(EdgeViTClassifier, variant)
-    official = to_official(model, convert_official_checkpoint, head_roots=HEAD_ROOTS)
+    official = to_official(model)
     ours = {k: tuple(v.shape) for k, v in official.items()}
     expected = official_keys(variant)
     assert sorted(ours) == sorted(expected)
@@ -191,7 +191,7 @@ def test_official_key_layout(variant, to_official, on_meta):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_official_checkpoint_round_trip(variant, randomized, to_official):
     src = randomized(EdgeViTClassifier(variant), seed=1).eval()
-    official = {k: v.clone() for k, v in to_official(src, convert_official_checkpoint, head_roots=HEAD_ROOTS).items()}
+    official = {k: v.clone() for k, v in to_official(src).items()}
     converted = convert_official_checkpoint(official)
     dst = EdgeViTClassifier(variant).eval()
     res = dst.load_state_dict(converted, strict=False)
@@ -209,7 +209,7 @@ def test_matches_independent_official_reference(variant, size, randomized, to_of
     model = randomized(on_meta(EdgeViTClassifier, variant), seed=2).double().eval()
     backbone = model.backbone
     backbone.out_indices = (0, 1, 2, 3)
-    sd = to_official(model, convert_official_checkpoint, head_roots=HEAD_ROOTS)
+    sd = to_official(model)
     x = torch.randn(2, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref_feats, ref_logits = ref_forward(sd, x, variant)

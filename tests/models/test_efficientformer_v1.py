@@ -19,20 +19,20 @@ import timm.models.efficientformer as timm_ef
 
 from effvit_plugins.checkpoint import unwrap_state_dict
 from effvit_plugins.models.efficientformer_v1 import (ARCH_SETTINGS, EfficientFormerV1Backbone,
-                                                      EfficientFormerV1Classifier, convert_official_checkpoint,
-                                                      infer_arch)
+                                                      EfficientFormerV1Classifier, infer_arch)
 from effvit_plugins.models.layers import biased_attention
 
 VARIANTS = list(ARCH_SETTINGS)
-HEAD_ROOTS = ("norm", "head", "dist_head")
 
 # Parameters (with the distillation head) and MACs at 224: the only figures for the official model itself are our
-# measurements of the official code (architectures.md §4.1, "measured"); the EfficientFormer README gives top-1 and
+# measurements of the official code (snap-research/EfficientFormer models/efficientformer.py, arXiv 2206.01191);
+# the EfficientFormer README gives top-1 and
 # latency only. (mmpretrain's README lists 12.28M for its converted L1, which neither the official code nor timm
 # gives: not used.) Asserted within their rounding; the exact parameter count is timm's.
 OFFICIAL_PARAMS = {"l1": "12.29M", "l3": "31.41M", "l7": "82.23M"}
 OFFICIAL_MACS_224 = {"l1": "1.29G", "l3": "3.91G", "l7": "10.12G"}
-# Stage widths (strides 4..32) of the official variants (architectures.md §4.3).
+# Stage widths (strides 4..32) of the official variants (EfficientFormer_width in the official
+# models/efficientformer.py; arXiv 2206.01191, Table 7).
 CHANNELS = {"l1": [48, 96, 224, 448], "l3": [64, 128, 320, 512], "l7": [96, 192, 384, 768]}
 
 
@@ -46,7 +46,7 @@ def test_params_macs_and_widths(arch, complexity, on_meta):
 @pytest.mark.parametrize("arch", VARIANTS)
 def test_official_names_through_timms_filter(arch, randomized, to_official, timm_from, logits_agree, on_meta):
     ours = randomized(on_meta(EfficientFormerV1Classifier, arch), seed=1)
-    official = to_official(ours, convert_official_checkpoint, head_roots=HEAD_ROOTS)
+    official = to_official(ours)
     assert infer_arch(official) == arch
     assert "dist_head.weight" in official and any(k.endswith("token_mixer.attention_biases") for k in official)
     # an official release is {'model': ...}: our unwrapping, then timm's official -> timm conversion

@@ -3,7 +3,8 @@
 Oracle for the official names and values: timm's EfficientFormerV2 model, reached through **our hand-written key
 map** ``official_to_timm`` below (timm 1.0.31 has no official -> timm filter for V2: its weights are re-hosted in
 timm's layout). The map is the name correspondence read from the official and timm state dicts
-(architectures.md §4.6); it renames keys, drops the derived index buffers (non-persistent in timm) and reshapes
+(snap-research/EfficientFormer models/efficientformer_v2.py against timm/models/efficientformer_v2.py, timm
+1.0.31); it renames keys, drops the derived index buffers (non-persistent in timm) and reshapes
 the layer scales from the official (C, 1, 1) to timm's (C,) -- it reorders nothing. Our classifier is randomised
 (weights, BN statistics, attention-bias tables, layer scales), written in the official layout, mapped and loaded
 strictly into timm; the logits must agree.
@@ -22,17 +23,18 @@ from effvit_plugins.models.efficientformer_v2 import (ARCH_SETTINGS, EfficientFo
 from effvit_plugins.models.layers import resize_bias_map
 
 VARIANTS = list(ARCH_SETTINGS)
-HEAD_ROOTS = ("norm", "head", "dist_head")
 
-# Parameters (with the distillation head) and MACs at 224: our measurements of the official code (architectures.md
-# §4.2, "measured"), asserted within their rounding; the exact parameter count is timm's. The README's
-# 3.5 / 6.1 / 12.6 / 26.1M match the official code's count neither with nor without the distillation head nor with
-# BN folded (unresolved, not asserted); its 0.40 / 0.65 / 1.25 / 2.56B MACs agree with the measurement.
+# Parameters (with the distillation head) and MACs at 224: our measurements of the official code
+# (snap-research/EfficientFormer models/efficientformer_v2.py, arXiv 2212.08059), asserted within their rounding; the
+# exact parameter count is timm's. The README's 3.5 / 6.1 / 12.6 / 26.1M match the official code's count neither with
+# nor without the distillation head nor with BN folded (unresolved, not asserted); its 0.40 / 0.65 / 1.25 / 2.56B MACs
+# agree with the measurement.
 OFFICIAL_PARAMS = {"s0": "3.60M", "s1": "6.19M", "s2": "12.71M", "l": "26.32M"}
 OFFICIAL_MACS_224 = {"s0": "0.396G", "s1": "0.652G", "s2": "1.247G", "l": "2.553G"}
 CHANNELS = {"s0": [32, 48, 96, 176], "s1": [32, 48, 120, 224], "s2": [32, 64, 144, 288], "l": [40, 80, 192, 384]}
 
-# official -> timm names (architectures.md §4.6), applied in this order
+# official -> timm names (official models/efficientformer_v2.py -> timm/models/efficientformer_v2.py), applied in
+# this order
 _OFFICIAL_TO_TIMM = [
     (r"^patch_embed\.0\.", "stem.conv1.conv."), (r"^patch_embed\.1\.", "stem.conv1.bn."),
     (r"^patch_embed\.3\.", "stem.conv2.conv."), (r"^patch_embed\.4\.", "stem.conv2.bn."),
@@ -73,7 +75,7 @@ def test_params_macs_and_widths(arch, complexity, on_meta):
 @pytest.mark.parametrize("arch", VARIANTS)
 def test_official_names_through_key_map_into_timm(arch, randomized, to_official, timm_from, logits_agree, on_meta):
     ours = randomized(on_meta(EfficientFormerV2Classifier, arch), seed=1)
-    official = to_official(ours, convert_official_checkpoint, head_roots=HEAD_ROOTS)
+    official = to_official(ours)
     assert infer_arch(official) == arch
     assert official["network.6.0.layer_scale_2"].shape[1:] == (1, 1)  # official (C, 1, 1) layer scales
     assert "network.5.attn.attention_biases" in official and "dist_head.weight" in official
@@ -93,12 +95,15 @@ def test_attention_bias_exact_resized_and_cached():
     exact = attn.attention_biases[:, attn.attention_bias_idxs]
     assert torch.equal(attn.attention_bias(49, 49, torch.float32), exact)
     assert down.attention_bias(49, 196, torch.float32).shape == (8, 49, 196)
-    big = attn.attention_bias(256, 256, torch.float32)
+    with torch.no_grad():
+        big = attn.attention_bias(256, 256, torch.float32)
+        assert attn.attention_bias(256, 256, torch.float32) is big  # cached at inference (eval, no autograd)
     torch.testing.assert_close(big, resize_bias_map(exact.detach(), (256, 256)))
-    assert attn.attention_bias(256, 256, torch.float32) is big  # cached in eval
+    again = attn.attention_bias(256, 256, torch.float32)  # autograd on: recomputed, so gradients reach the table
+    assert again is not big and again.requires_grad
     with torch.no_grad():
         attn.attention_biases.add_(1.0)  # in-place change (e.g. load_state_dict) invalidates the cache
-    assert torch.allclose(attn.attention_bias(256, 256, torch.float32), big + 1.0, atol=1e-4)
+        assert torch.allclose(attn.attention_bias(256, 256, torch.float32), big + 1.0, atol=1e-4)
     # a bias cached under inference_mode is usable outside it (eval forward with autograd enabled)
     attn.clear_bias_cache()
     x = torch.randn(1, 3, 96, 96)

@@ -2,11 +2,12 @@
 
 Oracle for the official names and values: timm's EfficientViT (MIT) models, reached through **our hand-written key
 map** :func:`official_to_timm` (timm 1.0.31 has no official -> timm filter for this family: its weights are
-re-hosted in timm's layout). The map is the name correspondence of architectures.md §1.8 (measured on the official
+re-hosted in timm's layout). The map is the name correspondence of mit-han-lab/efficientvit
+efficientvit/models/efficientvit/{backbone,cls}.py and timm/models/efficientvit_mit.py (measured on the official
 and timm state dicts: same tensors, same order); it only renames keys. Our classifier is randomised (weights, BN
 statistics), written in the official layout (our names are the official ones, unchanged), mapped and loaded
 strictly into timm; the logits must agree. timm's linear attention uses eps 1e-5 where the official code uses
-1e-15 (architectures.md §1.8): the timm modules are given the official value.
+1e-15 (LiteMLA in the official efficientvit/models/nn/ops.py): the timm modules are given the official value.
 
 Also here: the fp16/bf16 autocast guard of the linear attention. The shared backbone behaviour is tested for
 every family in test_backbone_contract.py.
@@ -19,26 +20,27 @@ import torch
 from timm.models.efficientvit_mit import LiteMLA as TimmLiteMLA
 
 from effvit_plugins.models.efficientvit_mit import (ARCH_SETTINGS, EfficientViTMITBackbone,
-                                                    EfficientViTMITClassifier, GroupedPointwiseConv, LiteMLA,
-                                                    convert_official_checkpoint)
+                                                    EfficientViTMITClassifier, GroupedPointwiseConv, LiteMLA)
 
 CLASSIFIERS = [a for a, s in ARCH_SETTINGS.items() if s["head_widths"] is not None]  # L0 has no ImageNet model
 
-# Parameters of the ImageNet models as published (applications/efficientvit_cls/README.md, architectures.md §1.4;
-# B0 is not in the README: its 3.4M is our measurement of the official code, rounded alike), asserted within their
-# rounding; the exact count is timm's. MACs at 224: our measurement of the official code (§1.4; the README's rounded
-# 0.52 / 1.6 / 4.0 / 5.3 / 6.9 / 28G agree).
+# Parameters of the ImageNet models as published (mit-han-lab/efficientvit applications/efficientvit_cls/README.md; B0
+# is not in the README: its 3.4M is our measurement of the official code, rounded alike), asserted within their
+# rounding; the exact count is timm's. MACs at 224: our measurement of the official code
+# (efficientvit/models/efficientvit/cls.py; the README's rounded 0.52 / 1.6 / 4.0 / 5.3 / 6.9 / 28G agree).
 README_PARAMS = {"b0": "3.4M", "b1": "9.1M", "b2": "24M", "b3": "49M", "l1": "53M", "l2": "64M", "l3": "246M"}
 OFFICIAL_MACS_224 = {"b0": "0.100G", "b1": "0.519G", "b2": "1.585G", "b3": "3.954G", "l1": "5.258G", "l2": "6.950G",
                      "l3": "27.59G"}
-# Stage widths, stem (stride 2) to stride 32 (§1.2)
+# Stage widths, stem (stride 2) to stride 32 (efficientvit_backbone_b0..b3 / _l0..l3 in the official
+# efficientvit/models/efficientvit/backbone.py)
 WIDTHS = {"b0": [8, 16, 32, 64, 128], "b1": [16, 32, 64, 128, 256], "b2": [24, 48, 96, 192, 384],
           "b3": [32, 64, 128, 256, 512], "l0": [32, 64, 128, 256, 512], "l1": [32, 64, 128, 256, 512],
           "l2": [32, 64, 128, 256, 512], "l3": [64, 128, 256, 512, 1024]}
 OFFICIAL_ATTN_EPS = 1e-15
 
-# official -> timm (architectures.md §1.8); B: the stem is backbone.input_stem and stages 0..3 keep their index;
-# L: the stem is backbone.stages.0 and stages 1..4 become timm's 0..3.
+# official -> timm (official efficientvit/models/efficientvit/backbone.py -> timm/models/efficientvit_mit.py); B: the
+# stem is backbone.input_stem and stages 0..3 keep their index; L: the stem is backbone.stages.0 and stages 1..4 become
+# timm's 0..3.
 _HEAD = [(r"^head\.op_list\.0\.", "head.in_conv."), (r"^head\.op_list\.2\.linear\.", "head.classifier.0."),
          (r"^head\.op_list\.2\.norm\.", "head.classifier.1."), (r"^head\.op_list\.3\.linear\.", "head.classifier.4.")]
 
@@ -78,7 +80,7 @@ def test_official_names_through_key_map_into_timm(arch, randomized, to_official,
     """224 x 224 (linear attention on >= 7x7 maps); L3 at 128 x 128 (cheaper), where our attention takes the
     quadratic form on its 4x4 stride-32 map (16 tokens <= head dim 32) and timm the linear one: same result."""
     ours = randomized(on_meta(EfficientViTMITClassifier, arch), seed=1)
-    official = to_official(ours, convert_official_checkpoint, strip_backbone=False)
+    official = to_official(ours)
     ref = timm_from(f"efficientvit_{arch}", official_to_timm(official, ARCH_SETTINGS[arch]["series"]))
     attn = [m for m in ref.modules() if isinstance(m, TimmLiteMLA)]
     assert len(attn) == sum(isinstance(m, LiteMLA) for m in ours.modules()) > 0

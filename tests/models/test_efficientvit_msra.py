@@ -33,14 +33,13 @@ from effvit_plugins.models.efficientvit_msra import (ARCH_SETTINGS, OFFICIAL_KEY
 from effvit_plugins.utils.complexity import count_params
 
 VARIANTS = list(ARCH_SETTINGS)
-HEAD_ROOTS = ("head_dist",)
 
-# README (Cream EfficientViT/classification, architectures.md §2.2): Params 2.3 / 3.0 / 4.2 / 6.9 / 8.8 / 12.4M,
-# FLOPs 79 / 167 / 201 / 263 / 299 / 522M, asserted within their rounding (0.05M; FLOPs, which are MACs here: 0.5M).
-# The model as trained has 12.47M parameters for M5 (our measurement of the official code; timm's count, exact
-# below), which rounds to 12.5M, not 12.4M; all six README figures agree with the count of the inference model with
-# BN folded (every conv+BN a conv with bias, the BN+Linear head a Linear), so that is the count compared with them.
-# (Our reading: the repository does not say how it counted.)
+# README (microsoft/Cream EfficientViT/classification/README.md; arXiv 2305.07027): Params 2.3 / 3.0 / 4.2 / 6.9 / 8.8 /
+# 12.4M, FLOPs 79 / 167 / 201 / 263 / 299 / 522M, asserted within their rounding (0.05M; FLOPs, which are MACs here:
+# 0.5M). The model as trained has 12.47M parameters for M5 (our measurement of the official code; timm's count, exact
+# below), which rounds to 12.5M, not 12.4M; all six README figures agree with the count of the inference model with BN
+# folded (every conv+BN a conv with bias, the BN+Linear head a Linear), so that is the count compared with them. (Our
+# reading: the repository does not say how it counted.)
 README_PARAMS = {"m0": "2.3M", "m1": "3.0M", "m2": "4.2M", "m3": "6.9M", "m4": "8.8M", "m5": "12.4M"}
 README_MACS = {"m0": "79M", "m1": "167M", "m2": "201M", "m3": "263M", "m4": "299M", "m5": "522M"}
 
@@ -89,7 +88,7 @@ def test_params_and_macs(variant, complexity):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_official_names_through_timms_filter(variant, randomized, to_official, timm_from, logits_agree):
     ours = randomized(EfficientViTMSRAClassifier(variant), seed=1)
-    official = to_official(ours, convert_official_checkpoint, head_roots=HEAD_ROOTS)
+    official = to_official(ours)
     assert all(any(s in k for k in official) for s in OFFICIAL_KEY_SIGNATURE)
     ref = official_into_timm(official, timm_from, arch=variant)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))  # fixed 224 in timm
@@ -99,7 +98,7 @@ def test_official_names_through_timms_filter(variant, randomized, to_official, t
 def test_dense_backbone_matches_timm_at_512(randomized, to_official, timm_from):
     """The dense backbone (7x7 windows everywhere; window partition + padding) equals timm built for 512."""
     cls = randomized(EfficientViTMSRAClassifier("m1", img_size=512), seed=3)
-    ref = official_into_timm(to_official(cls, convert_official_checkpoint, head_roots=HEAD_ROOTS), timm_from,
+    ref = official_into_timm(to_official(cls), timm_from,
                              arch="m1", img_size=512)
     bb = EfficientViTMSRABackbone("m1").eval()
     assert bb.window_sizes == cls.backbone.window_sizes == [7, 7, 7]
@@ -118,7 +117,7 @@ def test_official_checkpoint_quirks_convert(variant, randomized, to_official):
     (m2, e.g. after a round trip through timm): converted, they load strictly and give the same outputs."""
     src = randomized(EfficientViTMSRAClassifier(variant), seed=4).eval()
     official = {k: (v.flatten(1) if v.dim() == 4 and v.shape[-2:] == (1, 1) and "se." not in k else v)
-                for k, v in to_official(src, convert_official_checkpoint, head_roots=HEAD_ROOTS).items()}
+                for k, v in to_official(src).items()}
     assert any(v.dim() == 2 for k, v in official.items() if k.endswith("qkvs.0.c.weight"))
     if variant == "m2":
         official = {k: v for k, v in official.items() if not k.endswith("attention_bias_idxs")}
@@ -133,7 +132,7 @@ def test_official_checkpoint_quirks_convert(variant, randomized, to_official):
 def test_imagenet_checkpoint_into_dense_backbone(randomized, to_official):
     """ImageNet tables (stage 3: 4x4 window) load into the 7x7-window backbone; idxs regenerated."""
     cls = randomized(EfficientViTMSRAClassifier("m0"))
-    sd = convert_official_checkpoint(to_official(cls, convert_official_checkpoint, head_roots=HEAD_ROOTS))
+    sd = convert_official_checkpoint(to_official(cls))
     bsd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     bb = EfficientViTMSRABackbone("m0")
     assert bb.window_sizes == [7, 7, 7]

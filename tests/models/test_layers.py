@@ -4,9 +4,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from effvit_plugins.models.layers import (SMALL_MAP_PIXELS, ConvNormAct, GroupNorm, exporting_fixed_size,
-                                          fixed_size_export, is_channels_last, pointwise_as_gemm, upsample,
-                                          upsample_by_conv, upsample_phase_kernel)
+from effvit_plugins.deploy.rewrites import (exporting_fixed_size, graph_rewrites, upsample_by_conv,
+                                            upsample_phase_kernel)
+from effvit_plugins.models.layers import (SMALL_MAP_PIXELS, ConvNormAct, GroupNorm, is_channels_last,
+                                          pointwise_as_gemm, upsample)
 
 
 @pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
@@ -33,13 +34,16 @@ def test_phase_kernel_rows_sum_to_one_and_bad_mode():
 
 
 def test_fixed_size_export_only_inside_an_onnx_export(tmp_path):
-    """``upsample`` is F.interpolate outside an export (also inside the context); the context nests and restores."""
+    """``upsample`` / ``GroupNorm`` are the eager ops outside an export (also inside the context); the context nests
+    and restores."""
     x = torch.randn(1, 2, 4, 6)
-    with fixed_size_export():
+    norm = GroupNorm(1, 2)
+    with graph_rewrites(fixed_size=True):
         assert not exporting_fixed_size()  # not exporting: eager keeps PyTorch's own kernel
-        with fixed_size_export(False):
+        with graph_rewrites(fixed_size=False):
             pass
         torch.testing.assert_close(upsample(x, (8, 12)), F.interpolate(x, size=(8, 12), mode="bicubic"))
+        torch.testing.assert_close(norm(x), F.group_norm(x, 1, norm.weight, norm.bias))
     assert not exporting_fixed_size()
 
 
@@ -94,7 +98,7 @@ def test_groupnorm_exports_with_per_channel_reductions(tmp_path):
     InstanceNormalization over 786k values) onnxruntime (pinned 1.31.1) misses the 1e-4 check; our GroupNorm, the
     same module in eager mode, reduces per channel first and passes with margin."""
     from effvit_plugins.models.efficientformer_v1 import EfficientFormerV1Backbone
-    from effvit_plugins.utils.onnx_export import ExportError, export_onnx
+    from effvit_plugins.deploy import ExportError, export_onnx
 
     torch.manual_seed(0)
     model = EfficientFormerV1Backbone("l1", out_indices=(0,)).eval()

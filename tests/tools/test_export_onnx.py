@@ -10,8 +10,7 @@ import torch
 import torch.nn as nn
 
 from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config
-from effvit_plugins.utils.onnx_export import (ExportError, export_onnx, fold_batchnorm, max_relative_error,
-                                              unfolded_batchnorms)
+from effvit_plugins.deploy import ExportError, export_onnx, fold_batchnorm, max_relative_error, unfolded_batchnorms
 
 SMALLEST = {  # config -> (export shape, dynamic)
     "efficientvit_mit/efficientvit-mit-b0_8xb256_in1k.py": ((224, 224), True),

@@ -56,7 +56,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from effvit_plugins.mm.tools_common import fail, load_config
-    from effvit_plugins.utils.onnx_export import OPSET, ExportError, export_onnx
+    from effvit_plugins.deploy import OPSET, ExportError, export_onnx
 
     if args.out_indices is not None and not args.features:
         fail("--out-indices selects feature maps: use it together with --features")

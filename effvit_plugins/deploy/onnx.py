@@ -10,10 +10,11 @@ Choices (see README "Deployment"):
   opset 17 the exporter writes it as eight element-wise nodes that onnxruntime does not fuse (EfficientViT-L1:
   427 -> 242 ms per image in onnxruntime). ``LayerNormalization`` is native since 17. onnxruntime's CPU provider
   runs both; for runtimes without opset 20 (TensorRT < 10) pass ``opset=17``.
-* BatchNorm: folded explicitly into the preceding convolution of a copy of the model (:func:`fold_batchnorm`)
-  before export. Our cores fold BN at inference through a cache that is bypassed while tracing, so without this
-  step the graph would carry a separate BatchNormalization after each convolution. The exported graph is checked:
-  no BatchNormalization may follow a Conv.
+* BatchNorm: folded explicitly into the preceding convolution of a copy of the model
+  (:func:`effvit_plugins.deploy.folding.fold_batchnorm`) before export. The exported graph is checked: no
+  BatchNormalization may follow a Conv.
+* Graph rewrites (:mod:`effvit_plugins.deploy.rewrites`): GroupNorm with per-channel reductions always;
+  integer-factor upsampling as a convolution + DepthToSpace in a fixed-size export.
 * Precision: float32 throughout, so the linear attention of EfficientViT-MIT runs in float32 as in PyTorch.
 * Check: onnxruntime (CPU) must reproduce the original PyTorch model (not the folded copy) within ``rtol``,
   measured as ``max |ort - torch| / max |torch|`` per output, at the export size and, for a dynamic export, at a
@@ -23,25 +24,21 @@ Choices (see README "Deployment"):
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import os
 import re
-import statistics
 import tempfile
-import time
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.layers import fixed_size_export
+from .folding import FOLD_PROBE_SIZE, fold_batchnorm
+from .rewrites import graph_rewrites
 
 OPSET = 20
 RTOL = 1e-4
-FOLD_PROBE_SIZE = 64  # input side of the forward pass that finds the conv -> BN pairs (any size works)
 
 
 class ExportError(RuntimeError):
@@ -63,91 +60,7 @@ class ExportReport:
         return max((e for _, errs in self.checks for e in errs), default=float("nan"))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# BatchNorm folding
-# ---------------------------------------------------------------------------------------------------------------
-def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> List[Tuple[str, str]]:
-    """(conv name, bn name) for every BatchNorm whose input is exactly the output of one convolution.
-
-    Found from one forward pass with autograd on (so our cores run the plain ``bn(conv(x))`` path) in eval mode:
-    each BN call is matched to the convolution call that produced its input tensor. A BN fed by anything else in
-    any call, or a convolution feeding several BNs, is left alone.
-    """
-    names = {m: n for n, m in model.named_modules()}
-    produced: Dict[int, Tuple[nn.Module, torch.Tensor]] = {}
-    conv_of: Dict[nn.Module, nn.Module] = {}
-    bn_of: Dict[nn.Module, nn.Module] = {}
-    rejected = set()
-
-    def conv_hook(mod, inp, out):
-        produced[id(out)] = (mod, out)  # keeps ``out`` alive, so ids stay unique during the pass
-
-    def bn_hook(mod, inp, out):
-        src = produced.get(id(inp[0]))
-        if src is None or src[1] is not inp[0]:
-            rejected.add(mod)
-            return
-        conv = src[0]
-        if conv_of.setdefault(mod, conv) is not conv or bn_of.setdefault(conv, mod) is not mod:
-            rejected.update((mod, conv))
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, _BatchNorm):
-            handles.append(m.register_forward_hook(bn_hook))
-    try:
-        with torch.enable_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return [(names[conv], names[bn]) for bn, conv in conv_of.items()
-            if bn not in rejected and conv not in rejected and bn_of.get(conv) is bn]
-
-
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
-
-
-@torch.no_grad()
-def fold_batchnorm(model: nn.Module, example: Optional[torch.Tensor] = None) -> Tuple[nn.Module, int]:
-    """A copy of ``model`` (eval mode) with every eval-mode BatchNorm that directly follows a convolution folded
-    into that convolution's weight and bias, the BatchNorm replaced by ``nn.Identity``. Returns ``(copy, count)``.
-
-    ``example``: an input for the pairing forward pass (default: a 64x64 RGB image; our backbones run at any size).
-    """
-    folded = copy.deepcopy(model).eval()
-    if example is None:
-        p = next(folded.parameters(), None)
-        example = torch.randn(1, 3, FOLD_PROBE_SIZE, FOLD_PROBE_SIZE,
-                              device=p.device if p is not None else "cpu")
-    pairs = _conv_bn_pairs(folded, example)
-    for conv_name, bn_name in pairs:
-        conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
-        if bn.running_var is None or bn.running_mean is None:
-            continue
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight
-        shift = -bn.running_mean * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias
-        if conv.bias is not None:
-            shift = shift + conv.bias * scale
-        conv.weight = nn.Parameter(conv.weight * scale.reshape((-1,) + (1,) * (conv.weight.dim() - 1)))
-        conv.bias = nn.Parameter(shift)
-        _set_submodule(folded, bn_name, nn.Identity())
-    return folded, len(pairs)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Export + check
-# ---------------------------------------------------------------------------------------------------------------
 _UNSUPPORTED = re.compile(r"operator '([\w:.]+)' to ONNX opset version (\d+) is not supported")
-_ORT_MISSING = re.compile(r"implementation for (\w+)\((\d+)\) node with name '([^']*)'")
 
 
 def _explain_export_failure(e: Exception, what: str, opset: int) -> str:
@@ -298,7 +211,7 @@ def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int], dynamic: bo
         say(f"exporting ({n_folded} BatchNorms folded, opset {opset}, {'dynamic' if dynamic else 'fixed'} "
             f"{h}x{w})")
         try:
-            with _quiet_export(), torch.no_grad(), fixed_size_export(not dynamic):
+            with _quiet_export(), torch.no_grad(), graph_rewrites(fixed_size=not dynamic):
                 torch.onnx.export(folded, (example,), tmp, dynamo=False, opset_version=opset,
                                   input_names=["input"], output_names=names, dynamic_axes=dynamic_axes,
                                   do_constant_folding=True)
@@ -327,59 +240,3 @@ def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int], dynamic: bo
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Timing (benchmark and paper tables)
-# ---------------------------------------------------------------------------------------------------------------
-def keep_freed_memory() -> bool:
-    """Let glibc keep freed memory in the process (no ``munmap`` / trim of blocks up to 1 GiB) so that PyTorch eager,
-    which has no CPU caching allocator, is not charged for page-faulting its large activations again at every
-    forward while onnxruntime reuses its arena: at 1024x2048 that alone made the B1 segmentor's eager forward
-    0.85-1.9 s instead of 0.55 s on the 2-core machine. Process-wide; returns False where it does not apply
-    (not glibc)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_trim_threshold, ctypes.c_int(1 << 30)) and mallopt(m_mmap_threshold, ctypes.c_int(1 << 30)))
-
-
-def time_interleaved(fns: Sequence[Callable[[], object]], repeat: int = 5, warmup: int = 1) -> List[float]:
-    """Median seconds of each zero-argument callable, timed alternately (a, b, a, b, ...) after warm-up."""
-    times: List[List[float]] = [[] for _ in fns]
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    for _ in range(max(1, repeat)):
-        for fn, acc in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
-
-
-def torch_vs_onnxruntime(model: nn.Module, shape: Tuple[int, int], repeat: int = 5, warmup: int = 1,
-                         threads: Optional[int] = None, workdir: Optional[str] = None,
-                         what: str = "the model", references: Sequence[Callable[[torch.Tensor], object]] = ()
-                         ) -> Tuple[float, float, float, List[float]]:
-    """Median latency (seconds) of ``model`` in PyTorch eager (inference mode) and in onnxruntime (CPU, all graph
-    optimisations) on one ``(1, 3, H, W)`` input, timed interleaved in this process; the export's max relative
-    error; and the medians of the ``references`` (other callables of the same input, e.g. another
-    implementation), timed in the same interleaved rounds. The ONNX file lives in a temporary folder."""
-    x = torch.randn(1, 3, int(shape[0]), int(shape[1]))
-    with tempfile.TemporaryDirectory(dir=workdir) as d:
-        path = os.path.join(d, "model.onnx")
-        report = export_onnx(model, path, shape, dynamic=False, what=what)
-        sess = ort_session(path, threads)
-        feed = {sess.get_inputs()[0].name: x.numpy()}
-        fns = [lambda: model(x), lambda: sess.run(None, feed)] + [lambda f=f: f(x) for f in references]
-        with torch.inference_mode():
-            t_torch, t_ort, *t_refs = time_interleaved(fns, repeat, warmup)
-        del sess
-    return t_torch, t_ort, report.max_rel_error, t_refs
