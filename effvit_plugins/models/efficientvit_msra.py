@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
 from .spec import FamilySpec, Paper, register_family
-from .layers import (ConvNormAct, DropPath, distilled_logits, drop_path_rates, inference_cache,
+from .layers import (ConvNormAct, DropPath, distilled_logits, drop_path_rates, inference_cached,
                      relative_bias_index, resize_bias_tables_on_load)
 
 __all__ = [
@@ -231,12 +231,12 @@ class CascadedGroupAttention(nn.Module):
         return table[:, idx]
 
     def attention_bias(self, h: int, w: int) -> torch.Tensor:
-        """(heads, h*w, h*w) bias; at inference kept in the module's
-        :class:`~effvit_plugins.models.layers.InferenceCache` (recomputed when the table changes)."""
+        """(heads, h*w, h*w) bias; memoised at inference (:func:`~effvit_plugins.models.layers.inference_cached`,
+        recomputed when the table changes)."""
         if self.training:
             return self._gather_bias(h, w)
-        return inference_cache(self).get((h, w), (self.attention_biases, self.attention_bias_idxs),
-                                         lambda: self._gather_bias(h, w))
+        return inference_cached(self, (h, w), (self.attention_biases, self.attention_bias_idxs),
+                                lambda: self._gather_bias(h, w))
 
     def init_non_persistent_buffers(self) -> None:
         """Recompute the (derived) index buffer, e.g. after ``to_empty()`` (timm's name for this step)."""

@@ -128,7 +128,7 @@ def autocast_off(x: torch.Tensor):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Inference-time caches (BN folding, expanded attention biases): one cache, InferenceCache
+# Inference-time caches (BN folding, expanded attention biases): one mechanism, inference_cached
 # ---------------------------------------------------------------------------------------------------------------
 def cache_disabled() -> bool:
     """True while tracing / scripting / compiling: derived tensors must then be recomputed, not cached."""
@@ -150,46 +150,49 @@ def tensor_stamp(*tensors):
 
 class InferenceCache:
     """The one memo of tensors derived from a module's parameters/buffers for inference (folded Conv+BN weights,
-    expanded attention biases): at most ``capacity`` entries, each valid while the identity/version/device/dtype
-    stamp of its source tensors is unchanged, i.e. recomputed whenever a source is replaced, moved, cast or changed
-    in place (``load_state_dict``, an optimizer step, ``.to()``).
-
-    Used only when no autograd graph is recorded (a cached tensor carries no gradient) and not while
-    tracing / scripting / compiling (derived tensors must then be part of the graph); otherwise :meth:`get` just
-    computes. Entries are computed outside inference mode, so a tensor cached under ``torch.inference_mode`` is
-    usable after it. Callers decide when a derived tensor may be reused at all (e.g. not in training mode).
-    """
+    expanded attention biases), filled and read by :func:`inference_cached`: at most ``capacity`` entries, each
+    stored with the identity/version/device/dtype stamp of its source tensors."""
 
     def __init__(self, capacity: int = 2):
         self.capacity = int(capacity)
         self.entries: Dict[tuple, tuple] = {}
 
-    def get(self, key: tuple, sources, compute: Callable[[], object]):
-        if torch.is_grad_enabled() or cache_disabled():
-            return compute()
-        stamp = tensor_stamp(*sources)
-        if stamp is None:
-            return compute()
-        hit = self.entries.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        with torch.inference_mode(False), torch.no_grad():
-            value = compute()
-        if key not in self.entries and len(self.entries) >= self.capacity:
-            self.entries.pop(next(iter(self.entries)))
-        self.entries[key] = (stamp, value)
-        return value
-
     def clear(self) -> None:
         self.entries.clear()
 
 
-def inference_cache(module: nn.Module) -> InferenceCache:
-    """``module``'s :class:`InferenceCache` (created on first use; not part of the state dict)."""
+def inference_cached(module: nn.Module, key: tuple, sources, compute: Callable[[], object]):
+    """``compute()``, memoised under ``key`` in ``module``'s :class:`InferenceCache` (an attribute created on first
+    use, not part of the state dict) and recomputed whenever one of the ``sources`` tensors is replaced, moved,
+    cast or changed in place (``load_state_dict``, an optimizer step, ``.to()``).
+
+    Memoised only when no autograd graph is recorded (a cached tensor carries no gradient) and not while tracing /
+    scripting / compiling (derived tensors must then be part of the graph); otherwise, or when the sources have no
+    version counter (inference tensors), this just computes. Entries are computed outside inference mode, so a
+    tensor cached under ``torch.inference_mode`` is usable after it. Callers decide when a derived tensor may be
+    reused at all (e.g. not in training mode)."""
+    if torch.is_grad_enabled() or cache_disabled():
+        return compute()
+    stamp = tensor_stamp(*sources)
+    if stamp is None:
+        return compute()
     cache = module.__dict__.get("_inference_cache")
     if cache is None:
         cache = module.__dict__["_inference_cache"] = InferenceCache()
-    return cache
+    hit = cache.entries.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    with torch.inference_mode(False), torch.no_grad():
+        value = compute()
+    if key not in cache.entries and len(cache.entries) >= cache.capacity:
+        cache.entries.pop(next(iter(cache.entries)))
+    cache.entries[key] = (stamp, value)
+    return value
+
+
+def clear_inference_cache(module: nn.Module) -> None:
+    """Drop ``module``'s memoised tensors (:func:`inference_cached`)."""
+    module.__dict__.pop("_inference_cache", None)
 
 
 def is_inference(bn: nn.Module) -> bool:
@@ -212,14 +215,14 @@ def fold_bn(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.Module):
 
 
 def folded_conv_bn(conv: nn.Conv2d, bn: nn.Module):
-    """:func:`fold_bn` of ``conv`` and ``bn``, kept in ``conv``'s :class:`InferenceCache` (at inference).
+    """:func:`fold_bn` of ``conv`` and ``bn``, memoised on ``conv`` at inference (:func:`inference_cached`).
     Returns ``None`` when folding is not possible (no running statistics) or not wanted (tracing / compiling: the
     graph keeps its BatchNorm, which an export folds on a copy of the model instead)."""
     stats = (getattr(bn, "running_mean", None), getattr(bn, "running_var", None))
     if any(not torch.is_tensor(t) for t in stats) or not hasattr(bn, "eps") or cache_disabled():
         return None
     sources = tuple(t for t in (conv.weight, conv.bias, bn.weight, bn.bias, *stats) if t is not None)
-    return inference_cache(conv).get(("bn_fold",), sources, lambda: fold_bn(conv.weight, conv.bias, bn))
+    return inference_cached(conv, ("bn_fold",), sources, lambda: fold_bn(conv.weight, conv.bias, bn))
 
 
 SMALL_MAP_PIXELS = 4096  # N*H*W up to which an NCHW 1x1 conv is faster as a GEMM (64x64 at batch 1)
@@ -381,8 +384,8 @@ class RelPosBias(nn.Module):
 
     :meth:`attention_bias` returns the ``(heads, Nq, Nk)`` bias for the attention actually computed: the gathered
     table when ``(Nq, Nk)`` is the size it was built for, otherwise that map resized bicubically (the official
-    dense-prediction rule). At inference (eval mode, no autograd) the result is kept in the module's
-    :class:`InferenceCache` (the last two sizes/dtypes; recomputed when the table is changed or replaced).
+    dense-prediction rule). At inference (eval mode, no autograd) the result is memoised
+    (:func:`inference_cached`: the last two sizes/dtypes; recomputed when the table is changed or replaced).
     ``bias_tables`` tells :func:`resize_bias_tables_on_load` the grid of each table.
     """
 
@@ -436,11 +439,11 @@ class RelPosBias(nn.Module):
     def attention_bias(self, nq: int, nk: int, dtype: torch.dtype) -> torch.Tensor:
         if self.training:
             return self._expanded_bias(nq, nk).to(dtype)
-        return inference_cache(self).get((nq, nk, dtype), (self.bias_table, self.bias_index),
-                                         lambda: self._expanded_bias(nq, nk).to(dtype))
+        return inference_cached(self, (nq, nk, dtype), (self.bias_table, self.bias_index),
+                                lambda: self._expanded_bias(nq, nk).to(dtype))
 
     def clear_bias_cache(self) -> None:
-        inference_cache(self).clear()
+        clear_inference_cache(self)
 
 
 class resize_bias_tables_on_load:  # noqa: N801  (used like a function: a picklable hook factory)
