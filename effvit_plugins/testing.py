@@ -53,7 +53,7 @@ def randomize_model(model: nn.Module, seed: int = 0, weights: bool = True) -> nn
     A model built on the meta device is first materialised on the CPU (building the big variants there is instant,
     their real initialisers take seconds) and its derived index buffers are recomputed. Then, with ``weights``:
     weights ``N(0, 0.36/fan_in)`` (a little below variance-preserving, so that activations stay at a trained
-    network's scale through 30+ residual blocks: with ``1/fan_in`` EfficientViT-MSRA reaches logits of 1e3-1e4,
+    network's scale through 30+ residual blocks: with ``1/fan_in`` some of our families reach logits of 1e3-1e4,
     where float32 rounding is amplified by saturated softmaxes and no two implementations agree to 1e-4); norm
     scales ``U(0.6, 1.4)``; biases ``N(0, 0.1^2)``; layer scales ``U(0.05, 0.3)`` (their official init, 1e-5, would
     make the blocks identities). Always: attention-bias tables ``N(0, 1)``; BatchNorm running means ``N(0, 0.2^2)``,
@@ -342,7 +342,7 @@ def check_feature_info_and_odd_size(spec: FamilySpec, variant: str) -> None:
 
 
 def check_large_odd_size(spec: FamilySpec, variant: str, size=(801, 1203)) -> None:
-    """Odd maps at every stride (the official MSRA/EdgeViT/EfficientFormer-V2 code fails at such sizes)."""
+    """Odd maps at every stride (several official implementations fail at such sizes)."""
     m = randomize_model(build_backbone(spec, variant)).eval()
     with torch.no_grad():
         outs = m(torch.randn(1, 3, *size))

@@ -1,16 +1,9 @@
 """Fixtures of the per-family core tests (thin wrappers over :mod:`effvit_plugins.testing`).
 
-What checks that our names are the official ones and that the values are the official computation:
-
-* EfficientFormer V1: timm's own ``checkpoint_filter_fn`` (official -> timm), live in timm 1.0.31;
-* EfficientViT-MSRA: timm's own official -> timm filter, kept commented out in timm 1.0.31 and executed from
-  timm's installed source (test_efficientvit_msra.py says how and why that is sound);
-* EfficientViT-MIT and EfficientFormer V2: our key maps (official -> timm names, in their test files): timm has no
-  official -> timm filter for them; the maps only rename (V2: and reshape the layer scales);
-* EdgeViT (not in timm): the official key layout and a plain-op re-derivation of the official forward, written in
-  test_edgevit.py; the EfficientViT SegHead likewise in tests/mm/test_efficientvit_seg.py.
-
-In every case the tensors are loaded strictly and nothing is reordered in the tests.
+What proves that our names are the official ones and that the values are the official computation (timm's own
+official -> timm filter, our key map into timm, or an independent re-derivation of the official forward) is said at
+the top of each family's test file. In every case the tensors are loaded strictly and nothing is reordered in the
+tests.
 """
 import pytest
 import torch

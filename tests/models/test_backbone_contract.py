@@ -87,15 +87,6 @@ def test_arch_required_unknown_and_dict(spec):
     testing.check_arch_errors(spec)
 
 
-def test_efficientformer_versions_do_not_mix():
-    with pytest.raises(ValueError, match="Valid variants: s0, s1, s2, l"):
-        testing.build_mm_backbone("efficientformer_v2", None)
-    with pytest.raises(ValueError, match="Unknown EfficientFormer-V2 variant 'l1'"):
-        testing.build_mm_backbone("efficientformer_v2", "l1")
-    with pytest.raises(ValueError, match="Unknown EfficientFormer-V1 variant 's0'"):
-        testing.build_mm_backbone("efficientformer_v1", "s0")
-
-
 @pytest.mark.parametrize("spec,variant", SMALL, ids=SMALL_IDS)
 def test_pickle_and_forward_intermediates(spec, variant):
     testing.check_pickle_and_forward_intermediates(spec, variant)

@@ -142,3 +142,15 @@ def test_converter_handles_prefixes_and_drop_path(on_meta):
     bb = on_meta(EfficientFormerV2Backbone, "l", drop_path_rate=0.1)
     rates = [m.drop_prob for m in bb.modules() if m.__class__.__name__ == "DropPath"]
     assert len(rates) == sum(ARCH_SETTINGS["l"]["depths"]) - 1 and max(rates) == pytest.approx(0.1)
+
+
+def test_efficientformer_versions_do_not_mix():
+    """Through the OpenMMLab registry: a V1 name for V2 (and back) is an error naming the valid variants."""
+    from effvit_plugins.testing import build_mm_backbone
+
+    with pytest.raises(ValueError, match="Valid variants: s0, s1, s2, l"):
+        build_mm_backbone("efficientformer_v2", None)
+    with pytest.raises(ValueError, match="Unknown EfficientFormer-V2 variant 'l1'"):
+        build_mm_backbone("efficientformer_v2", "l1")
+    with pytest.raises(ValueError, match="Unknown EfficientFormer-V1 variant 's0'"):
+        build_mm_backbone("efficientformer_v1", "s0")
