@@ -1,7 +1,8 @@
-"""effvit_plugins: EfficientViT (MIT, MSRA), EdgeViT and EfficientFormer for OpenMMLab 2.x and Detectron2.
+"""effvit_plugins: efficient vision-transformer backbone families for OpenMMLab 2.x, Detectron2 and plain PyTorch.
 
-The framework-free cores live in :mod:`effvit_plugins.models` (importable without mmengine and Detectron2); the
-Detectron2 adapter in :mod:`effvit_plugins.detectron2`.
+The framework-free cores live in :mod:`effvit_plugins.models`, one module per family, each declaring its
+:class:`~effvit_plugins.models.spec.FamilySpec` (``families()`` lists them); they import without mmengine and
+Detectron2. The Detectron2 adapter is :mod:`effvit_plugins.detectron2`.
 
 What ``import effvit_plugins`` changes (it is also what ``custom_imports=dict(imports=['effvit_plugins'])`` in a
 config runs). Without mmengine installed: nothing. With mmengine:
