@@ -1,72 +1,105 @@
 """Official checkpoints -> our layouts. One code path used by ``init_cfg=dict(type='Pretrained')``,
 ``tools/convert_checkpoint.py`` and the Detectron2 adapter.
 
-Every family module provides the same converter, ``convert_official_checkpoint(state_dict) -> state_dict``, taking
-an unwrapped official checkpoint of any kind that family released and returning:
+Everything family-specific comes from the family's :class:`~effvit_plugins.models.spec.FamilySpec`:
+``spec.convert`` takes an unwrapped official checkpoint of any kind that family released and returns
 
 * ImageNet checkpoints: ``backbone.*`` + ``head.*`` (our classifiers and the mmpretrain ``ImageClassifier`` configs);
 * EfficientViT-MIT segmentation checkpoints: ``backbone.*`` + ``decode_head.*`` (mmseg ``EncoderDecoder``);
 * official detection/segmentation models (MSRA, EfficientFormer; mmdet 2.x / mmseg 0.x): ``backbone.*``, ``neck.*``,
-  ``rpn_head.*`` ... (the names mmdet 3 / mmseg 1 use).
+  ``rpn_head.*`` ... (the names mmdet 3 / mmseg 1 use);
 
-and the module attributes ``FAMILY``, ``OFFICIAL_KEY_SIGNATURE`` (key fragments all present in the family's official
-files), optionally ``OFFICIAL_KEY_EXCLUDE`` (fragments never present), ``NEW_IN_DENSE`` / ``UNUSED_ON_LOAD`` (key
-fragments a dense-prediction backbone may lack in / not want from an ImageNet file, as in the official dense code).
+``spec.key_signature`` / ``spec.key_exclude`` recognise the family's files (:func:`detect_family`), and
+``spec.new_in_dense`` / ``spec.unused_on_load`` are the differences :func:`load_backbone_weights` tolerates.
+Families are named by their key (``spec.key``, see :func:`effvit_plugins.models.spec.get_family`).
 """
 from __future__ import annotations
 
-import importlib
+import os
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from .checkpoint import CheckpointError, load_weights_file, unwrap_state_dict
+from .models.spec import FamilySpec, families, family_keys, get_family
 
-# family key -> (module, human name)
-FAMILIES = {
-    "efficientvit_mit": ("effvit_plugins.models.efficientvit_mit", "EfficientViT (MIT)"),
-    "efficientvit_msra": ("effvit_plugins.models.efficientvit_msra", "EfficientViT (MSRA)"),
-    "edgevit": ("effvit_plugins.models.edgevit", "EdgeViT"),
-    "efficientformer_v1": ("effvit_plugins.models.efficientformer_v1", "EfficientFormer V1"),
-    "efficientformer_v2": ("effvit_plugins.models.efficientformer_v2", "EfficientFormer V2"),
-}
+# where the backbone sits in Detectron2's FPN models (GeneralizedRCNN / RetinaNet / SemanticSegmentor + FPN):
+# the prefix of ``convert_file(..., to='detectron2')`` output
+D2_BACKBONE_PREFIX = "backbone.bottom_up."
+CONVERT_TARGETS = ("mm", "detectron2")
 
 
-def family_module(family: str):
-    if family not in FAMILIES:
-        raise ValueError(f"Unknown family {family!r}; valid: {', '.join(FAMILIES)}.")
-    return importlib.import_module(FAMILIES[family][0])
-
-
-def _matches(keys, mod) -> bool:
-    return all(any(sig in k for k in keys) for sig in getattr(mod, "OFFICIAL_KEY_SIGNATURE", ("\0",))) and \
-        not any(any(ex in k for k in keys) for ex in getattr(mod, "OFFICIAL_KEY_EXCLUDE", ()))
+def _matches(keys, spec: FamilySpec) -> bool:
+    return bool(spec.key_signature) and all(any(sig in k for k in keys) for sig in spec.key_signature) and \
+        not any(any(ex in k for k in keys) for ex in spec.key_exclude)
 
 
 def detect_family(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
-    """Which family's official checkpoint (or our converted layout) ``state_dict`` looks like, or None."""
+    """The key of the family whose official checkpoint (or our converted layout) ``state_dict`` looks like, or
+    None."""
     keys = list(state_dict)
-    for fam in FAMILIES:
-        if _matches(keys, family_module(fam)):
-            return fam
-    return None
+    return next((spec.key for spec in families() if _matches(keys, spec)), None)
 
 
 def convert_official(state_dict: Dict[str, torch.Tensor], family: Optional[str] = None
                      ) -> Tuple[str, Dict[str, torch.Tensor]]:
-    """Convert an unwrapped official checkpoint. Returns ``(family, converted_state_dict)``."""
+    """Convert an unwrapped official checkpoint. Returns ``(family key, converted_state_dict)``."""
     found = detect_family(state_dict)
     if family is None:
         if found is None:
             raise CheckpointError(
                 "Could not recognise the checkpoint's model family from its keys "
-                f"(first keys: {list(state_dict)[:5]}). Pass --family / family= with one of: {', '.join(FAMILIES)}.")
+                f"(first keys: {list(state_dict)[:5]}). Pass --family / family= with one of: "
+                f"{', '.join(family_keys())}.")
         family = found
-    elif found is not None and found != family:
+    spec = get_family(family)
+    if found is not None and found != family:
+        other = get_family(found).title
         raise CheckpointError(
-            f"This checkpoint looks like a {FAMILIES[found][1]} checkpoint, not {FAMILIES[family][1]}. "
-            f"Use it with a {FAMILIES[found][1]} model (family={found!r}).")
-    return family, family_module(family).convert_official_checkpoint(state_dict)
+            f"This checkpoint looks like a {other} checkpoint, not {spec.title}. "
+            f"Use it with a {other} model (family={found!r}).")
+    return family, spec.convert(state_dict)
+
+
+def checkpoint_task(converted: Dict[str, torch.Tensor]) -> str:
+    """``'detection'``, ``'segmentation'`` or ``'classification'``: what a converted checkpoint holds."""
+    if any(k.startswith(("rpn_head.", "roi_head.", "bbox_head.")) for k in converted):
+        return "detection"
+    if any(k.startswith("decode_head.") for k in converted):
+        return "segmentation"
+    return "classification"
+
+
+def to_detectron2(converted: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The backbone of a converted checkpoint under Detectron2's names (:data:`D2_BACKBONE_PREFIX`)."""
+    return {D2_BACKBONE_PREFIX + k[len("backbone."):]: v for k, v in converted.items() if k.startswith("backbone.")}
+
+
+def convert_file(src: str, dst: str, family: Optional[str] = None, to: str = "mm") -> str:
+    """Convert the official checkpoint file ``src`` and save it to ``dst``; returns a one-line summary.
+
+    ``to='mm'``: ``{'state_dict': ..., 'meta': ...}`` in the layout of the matching OpenMMLab model (detector,
+    segmentor or classifier). ``to='detectron2'``: ``{'model': ...}`` with the backbone alone under Detectron2's
+    names, for ``MODEL.WEIGHTS`` or a LazyConfig's ``train.init_checkpoint``. ``family`` (a key) is detected from
+    the keys when not given.
+
+    Raises:
+        CheckpointError: unreadable file, unrecognised family or a file of another family.
+    """
+    if to not in CONVERT_TARGETS:
+        raise ValueError(f"Unknown conversion target {to!r}; valid: {', '.join(CONVERT_TARGETS)}.")
+    sd = unwrap_state_dict(load_weights_file(src))
+    family, out = convert_official(sd, family)
+    title = get_family(family).title
+    meta = {"converted_from": os.path.basename(src), "family": family}
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    if to == "detectron2":
+        model = to_detectron2(out)
+        torch.save({"model": model, "__author__": "effvit_plugins", **meta}, dst)
+        return f"{title} backbone for Detectron2: {len(model)} tensors ({D2_BACKBONE_PREFIX}*), saved to {dst}"
+    task = checkpoint_task(out)
+    torch.save({"state_dict": out, "meta": dict(meta, task=task)}, dst)
+    return f"{title} {task} checkpoint: {len(sd)} tensors -> {len(out)} tensors, saved to {dst}"
 
 
 def backbone_state_dict(path: str, family: str, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
@@ -79,11 +112,12 @@ def backbone_state_dict(path: str, family: str, prefix: Optional[str] = None) ->
             raise CheckpointError(f"No key of {path!r} starts with prefix {prefix!r} "
                                   f"(first keys: {list(sd)[:5]}). Use prefix=None for a bare backbone file.")
         sd = sub
+    spec = get_family(family)
     found = detect_family(sd)
     if found is not None:
         if found != family:
             raise CheckpointError(
-                f"{path!r} looks like a {FAMILIES[found][1]} checkpoint, but the model is {FAMILIES[family][1]}. "
+                f"{path!r} looks like a {get_family(found).title} checkpoint, but the model is {spec.title}. "
                 "Point init_cfg.checkpoint at weights of the same family.")
         _, sd = convert_official(sd, family)
     if any(k.startswith("backbone.") for k in sd):
@@ -105,7 +139,7 @@ def load_backbone_weights(model: torch.nn.Module, path: str, family: str, prefix
     ``attention_biases_seg``), which keep their initialisation, and ImageNet tables such a backbone does not use.
     Attention-bias tables built for another size are resized (one log line).
     """
-    mod = family_module(family)
+    spec = get_family(family)
     sd = backbone_state_dict(path, family, prefix)
     own = model.state_dict()
     matched = [k for k in sd if k in own]
@@ -119,19 +153,19 @@ def load_backbone_weights(model: torch.nn.Module, path: str, family: str, prefix
            if sd[k].shape != own[k].shape and not k.endswith(resizable)]
     if bad:
         raise CheckpointError(f"Shape mismatch loading {path!r} (wrong variant?): " + "; ".join(bad[:5]))
-    new = getattr(mod, "NEW_IN_DENSE", ())
-    unused = getattr(mod, "UNUSED_ON_LOAD", ())
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    tolerated_missing = [k for k in missing if _has(k, new)]
-    tolerated_unused = [k for k in unexpected if _has(k, unused) and k + "_seg" in own]
+    tolerated_missing = [k for k in missing if _has(k, spec.new_in_dense)]
+    tolerated_unused = [k for k in unexpected if _has(k, spec.unused_on_load) and k + "_seg" in own]
     missing = [k for k in missing if k not in tolerated_missing]
     unexpected = [k for k in unexpected if k not in tolerated_unused]
     if missing or unexpected:
         hint = ""
         if any(k.endswith("attention_biases_seg") for k in unexpected):
+            official = (f" (official {spec.title}: {spec.seg_resolution['det']}/{spec.seg_resolution['seg']} for "
+                        "det/seg)" if spec.seg_resolution else "")
             hint = (" The file holds dense-prediction bias tables (attention_biases_seg): build the backbone with "
-                    "seg_resolution= as the file was trained (official: V1 25/16, V2 800/512 for det/seg).")
+                    f"seg_resolution= as the file was trained{official}.")
         elif any(k.endswith("attention_biases_seg") for k in missing):
             hint = " The model expects dense-prediction bias tables (seg_resolution is set) that the file lacks."
         raise CheckpointError(

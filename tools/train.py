@@ -83,6 +83,7 @@ def main(argv=None):
 
     from effvit_plugins.mm.data_check import check_data_or_exit, train_dataloaders
     from effvit_plugins.mm.tools_common import UsageError, fail, load_config, setup_distributed
+    from tools._demo_runs import demo_runs
 
     cfg = load_config(args.config, args.cfg_options, launcher=args.launcher, work_dir=args.work_dir,
                       set_work_dir=True)
@@ -97,7 +98,7 @@ def main(argv=None):
     # auto-resume from the latest checkpoint in work_dir (as mmseg: the flag decides, not the config)
     cfg.resume = args.resume
 
-    check_data_or_exit(cfg, train_dataloaders(cfg), "tools/train.py", args.config)
+    check_data_or_exit(cfg, train_dataloaders(cfg), "tools/train.py", args.config, demo_runs())
 
     from mmengine.runner import Runner
 

@@ -1,4 +1,5 @@
-"""Generators of tiny datasets in the real folder layouts (for the demo and the tests).
+"""Generators of tiny datasets in the real folder layouts (for the demo and the tests), and
+:mod:`effvit_plugins.datasets.layouts`, where each dataset's files are expected (the "dataset missing" messages).
 
 The generators themselves need only numpy and Pillow (no torch / OpenMMLab code is used).
 """

@@ -30,23 +30,16 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES
 from detectron2.data.datasets.lvis import get_lvis_instances_meta, register_lvis_instances
 
+from ..datasets.layouts import for_d2_name, get_layout
+
 __all__ = ["DEMO_DATASETS", "DatasetMissingError", "check_datasets", "datasets_root", "load_cityscapes_train_ids",
            "register_demo_datasets"]
 
 # demo name -> (generator --dataset, folder under the datasets root, split)
 DEMO_DATASETS: Dict[str, tuple] = {
-    **{f"coco_demo_{s}": ("coco", "coco_demo", s) for s in ("train", "val")},
-    **{f"lvis_v1_demo_{s}": ("lvis", "lvis_v1_demo", s) for s in ("train", "val")},
-    **{f"cityscapes_demo_sem_seg_{s}": ("cityscapes", "cityscapes_demo", s) for s in ("train", "val")},
-}
-# real dataset name prefix -> (what it is, the folder layout expected, the demo set standing in for it)
-_REAL = {
-    "coco_2017": ("COCO 2017", "coco/{train2017,val2017}/ and coco/annotations/instances_{train,val}2017.json",
-                  "coco"),
-    "lvis_v1": ("LVIS v1", "coco/{train2017,val2017}/ (the COCO images) and lvis/lvis_v1_{train,val}.json", "lvis"),
-    "cityscapes_fine": ("Cityscapes (fine)", "cityscapes/leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and "
-                        "cityscapes/gtFine/{train,val}/<city>/*_gtFine_{labelIds,labelTrainIds,instanceIds}.png + "
-                        "*_gtFine_polygons.json", "cityscapes"),
+    f"{name}_{s}": (kind, get_layout(kind).demo_folder, s)
+    for kind, name in (("coco", "coco_demo"), ("lvis", "lvis_v1_demo"), ("cityscapes", "cityscapes_demo_sem_seg"))
+    for s in ("train", "val")
 }
 # the 19 Cityscapes training classes in train-id order, with their official colours
 _BY_TRAIN_ID = sorted((c for c in CITYSCAPES_CATEGORIES if 0 <= c.get("trainId", 255) < 255), key=lambda c: c["trainId"])
@@ -120,16 +113,15 @@ def _how_to_get(name: str) -> str:
     if name in DEMO_DATASETS:
         kind, folder, _ = DEMO_DATASETS[name]
         return (f"It is a generated demo set ({where}). Generate it with:\n"
-                f"    python tools/generate_demo_data.py --dataset {kind} --out {os.path.join(root, folder)}")
-    for prefix, (title, layout, demo) in _REAL.items():
-        if name.startswith(prefix):
-            demo_names = [n for n, v in DEMO_DATASETS.items() if v[0] == demo]
-            return (f"Put {title} under the datasets root in Detectron2's layout: {layout} ({where}; set it to "
-                    f"the folder holding your datasets). To try the configs without it, generate the demo set:\n"
-                    f"    python tools/generate_demo_data.py --dataset {demo} --out "
-                    f"{os.path.join(root, DEMO_DATASETS[demo_names[0]][1])}\n"
-                    f"and train on it with DATASETS.TRAIN \"('{demo_names[0]}',)\" DATASETS.TEST "
-                    f"\"('{demo_names[1]}',)\".")
+                f"    {get_layout(kind).demo_command(os.path.join(root, folder))}")
+    real = for_d2_name(name)
+    if real is not None:
+        demo_names = [n for n, v in DEMO_DATASETS.items() if v[0] == real.key]
+        return (f"Put {real.title} under the datasets root in Detectron2's layout: {real.d2_layout} ({where}; set it "
+                f"to the folder holding your datasets). To try the configs without it, generate the demo set:\n"
+                f"    {real.demo_command(os.path.join(root, real.demo_folder))}\n"
+                f"and train on it with DATASETS.TRAIN \"('{demo_names[0]}',)\" DATASETS.TEST "
+                f"\"('{demo_names[1]}',)\".")
     return f"Check the files Detectron2's registration of {name!r} points to ({where})."
 
 

@@ -11,10 +11,8 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import sys
 import weakref
 
 import torch
@@ -31,20 +29,9 @@ logger = logging.getLogger(__name__)
 
 
 def install_lvis_compat() -> None:
-    """Make the ``lvis`` package's evaluation work on numpy >= 1.24 (:mod:`effvit_plugins.mm.lvis_compat`, a
-    framework-free module; it is loaded by file when OpenMMLab, and so ``effvit_plugins.mm``, is not installed)."""
-    try:
-        from ..mm.lvis_compat import install
-    except ImportError:
-        name = "effvit_plugins._lvis_compat"
-        module = sys.modules.get(name)
-        if module is None:
-            path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mm", "lvis_compat.py")
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            sys.modules[name] = module
-        install = module.install
+    """Make the ``lvis`` package's evaluation work on numpy >= 1.24 (:mod:`effvit_plugins.compat.lvis`)."""
+    from ..compat.lvis import install
+
     install()
 
 

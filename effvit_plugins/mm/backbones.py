@@ -1,5 +1,9 @@
-"""OpenMMLab backbones: each core backbone + mmengine ``BaseModule`` (``init_cfg``), registered in mmseg, mmdet,
-mmpretrain and our own scope.
+"""OpenMMLab backbones: for every model family, the class ``spec.name`` = :class:`PretrainedInitMixin` + the core
+backbone (``spec.backbone``) + mmengine ``BaseModule`` (``init_cfg``), registered in mmseg, mmdet, mmpretrain and our
+own scope by :mod:`effvit_plugins.mm.register`. The classes are made by :func:`backbone_adapter` when the family is
+registered (built-in families at ``import effvit_plugins``, others when they call ``register_family``) and are
+attributes of this module, so they import by name (``from effvit_plugins.mm.backbones import <spec.name>``)
+and pickle.
 
 ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` loads an official ImageNet/segmentation/detection
 checkpoint straight from its original file (converted on the fly by :mod:`effvit_plugins.convert`, read with
@@ -16,14 +20,9 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
 from ..convert import load_backbone_weights
-from ..models.edgevit import EdgeViTBackbone
-from ..models.efficientformer_v1 import EfficientFormerV1Backbone
-from ..models.efficientformer_v2 import EfficientFormerV2Backbone
-from ..models.efficientvit_mit import EfficientViTMITBackbone
-from ..models.efficientvit_msra import EfficientViTMSRABackbone
-from .register import register_model
+from ..models.spec import FamilySpec, family_of
+from .register import module_class
 
-DENSE_LIBS = ("mmseg", "mmdet", "mmpretrain")
 _INIT_DOC = """
     OpenMMLab arguments:
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint='official.pth')`` (an official file,
@@ -34,9 +33,8 @@ _INIT_DOC = """
 
 class PretrainedInitMixin:
     """Shared by every backbone adapter: takes ``init_cfg`` / ``pretrained`` besides the core's arguments and loads
-    ``Pretrained`` weights through our converter in ``init_weights`` (other init types go to mmengine)."""
-
-    family: str = ""
+    ``Pretrained`` weights through our converter in ``init_weights`` (other init types go to mmengine); the family
+    is that of the core backbone the class derives from."""
 
     def __init__(self, arch=None, *, init_cfg: Optional[dict] = None, pretrained: Optional[str] = None, **kwargs):
         if pretrained is not None:
@@ -54,7 +52,7 @@ class PretrainedInitMixin:
             if "checkpoint" not in cfg:
                 raise ValueError(f"{type(self).__name__}: init_cfg of type 'Pretrained' needs a 'checkpoint' path.")
             name = type(self).__name__
-            load_backbone_weights(self, cfg["checkpoint"], self.family, prefix=cfg.get("prefix"),
+            load_backbone_weights(self, cfg["checkpoint"], family_of(self).key, prefix=cfg.get("prefix"),
                                   logger=lambda m: print_log(f"{name}: {m}", logger="current"))
             self._is_init = True
             self._freeze_stages()
@@ -62,31 +60,7 @@ class PretrainedInitMixin:
             BaseModule.init_weights(self)
 
 
-@register_model(*DENSE_LIBS)
-class EfficientViTMIT(PretrainedInitMixin, EfficientViTMITBackbone, BaseModule):
-    family = "efficientvit_mit"
-    __doc__ = EfficientViTMITBackbone.__doc__ + _INIT_DOC
-
-
-@register_model(*DENSE_LIBS)
-class EfficientViTMSRA(PretrainedInitMixin, EfficientViTMSRABackbone, BaseModule):
-    family = "efficientvit_msra"
-    __doc__ = EfficientViTMSRABackbone.__doc__ + _INIT_DOC
-
-
-@register_model(*DENSE_LIBS)
-class EdgeViT(PretrainedInitMixin, EdgeViTBackbone, BaseModule):
-    family = "edgevit"
-    __doc__ = EdgeViTBackbone.__doc__ + _INIT_DOC
-
-
-@register_model(*DENSE_LIBS)
-class EfficientFormerV1(PretrainedInitMixin, EfficientFormerV1Backbone, BaseModule):
-    family = "efficientformer_v1"
-    __doc__ = EfficientFormerV1Backbone.__doc__ + _INIT_DOC
-
-
-@register_model(*DENSE_LIBS)
-class EfficientFormerV2(PretrainedInitMixin, EfficientFormerV2Backbone, BaseModule):
-    family = "efficientformer_v2"
-    __doc__ = EfficientFormerV2Backbone.__doc__ + _INIT_DOC
+def backbone_adapter(spec: FamilySpec) -> type:
+    """The OpenMMLab backbone class of ``spec`` (``effvit_plugins.mm.backbones.<spec.name>``, made once)."""
+    return module_class(__name__, spec.name, (PretrainedInitMixin, spec.backbone, BaseModule),
+                        (spec.backbone.__doc__ or "") + _INIT_DOC)

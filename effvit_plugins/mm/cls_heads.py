@@ -1,5 +1,8 @@
-"""mmpretrain classification heads: our framework-free heads (official parameter names) + mmpretrain ``ClsHead``
-(loss / predict / accuracy). Used by the ImageNet configs in ``configs/<family>/``."""
+"""mmpretrain classification heads: for every model family with an ImageNet head, the class ``spec.head_name``
+(``<spec.name>ClsHead``) = :class:`MMClsHeadMixin` + the framework-free head (``spec.cls_head``, official parameter
+names) + mmpretrain ``ClsHead`` (loss / predict / accuracy), registered in mmpretrain and our own scope by
+:mod:`effvit_plugins.mm.register`. Made by :func:`head_adapter` when the family is registered; attributes of this
+module (importable by name, picklable). Used by the ImageNet configs in ``configs/<family>/``."""
 from __future__ import annotations
 
 import copy
@@ -7,8 +10,8 @@ import copy
 from mmpretrain.models.heads import ClsHead
 from mmpretrain.registry import MODELS as PRETRAIN_MODELS
 
-from ..models import edgevit, efficientformer_v1, efficientformer_v2, efficientvit_mit, efficientvit_msra
-from .register import register_model
+from ..models.spec import FamilySpec
+from .register import module_class
 
 
 class MMClsHeadMixin:
@@ -39,26 +42,9 @@ class MMClsHeadMixin:
 _DOC = "\n    mmpretrain arguments: ``loss``, ``topk``, ``cal_acc``, ``init_cfg``.\n"
 
 
-@register_model("mmpretrain")
-class EfficientViTMITClsHead(MMClsHeadMixin, efficientvit_mit.EfficientViTMITClsHead, ClsHead):
-    __doc__ = efficientvit_mit.EfficientViTMITClsHead.__doc__ + _DOC
-
-
-@register_model("mmpretrain")
-class EfficientViTMSRAClsHead(MMClsHeadMixin, efficientvit_msra.EfficientViTMSRAClsHead, ClsHead):
-    __doc__ = efficientvit_msra.EfficientViTMSRAClsHead.__doc__ + _DOC
-
-
-@register_model("mmpretrain")
-class EdgeViTClsHead(MMClsHeadMixin, edgevit.EdgeViTClsHead, ClsHead):
-    __doc__ = edgevit.EdgeViTClsHead.__doc__ + _DOC
-
-
-@register_model("mmpretrain")
-class EfficientFormerV1ClsHead(MMClsHeadMixin, efficientformer_v1.EfficientFormerV1ClsHead, ClsHead):
-    __doc__ = efficientformer_v1.EfficientFormerV1ClsHead.__doc__ + _DOC
-
-
-@register_model("mmpretrain")
-class EfficientFormerV2ClsHead(MMClsHeadMixin, efficientformer_v2.EfficientFormerV2ClsHead, ClsHead):
-    __doc__ = efficientformer_v2.EfficientFormerV2ClsHead.__doc__ + _DOC
+def head_adapter(spec: FamilySpec) -> type:
+    """The mmpretrain head class of ``spec`` (``effvit_plugins.mm.cls_heads.<spec.head_name>``, made once)."""
+    if spec.cls_head is None:
+        raise ValueError(f"Model family {spec.key!r} has no ImageNet head (FamilySpec.cls_head is None).")
+    return module_class(__name__, spec.head_name, (MMClsHeadMixin, spec.cls_head, ClsHead),
+                        (spec.cls_head.__doc__ or "") + _DOC)

@@ -14,12 +14,16 @@ mmengine's ``HistoryBuffer`` also pickles its class-level table of statistics me
 mapped to :func:`_history_buffer_getattr`, which resolves only HistoryBuffer's registered statistics methods.
 Checkpoints saved after ``import effvit_plugins`` omit that table altogether (``HistoryBuffer.__setstate__``
 rebuilds it on load, and custom methods are re-registered when their module is imported), so nothing is lost.
+
+Both changes are :data:`PATCH`, applied by ``import effvit_plugins`` unless ``EFFVIT_PLUGINS_NO_PATCHES=1``
+(:mod:`effvit_plugins.compat`).
 """
 from __future__ import annotations
 
 import pickle
 
 from ..checkpoint import CONTAINER_GLOBALS, NUMPY_GLOBALS, NUMPY_PREFIXES, load_allowlisted
+from ..compat import Patch
 
 ALLOWED_GLOBALS = NUMPY_GLOBALS | CONTAINER_GLOBALS | {
     "mmengine.logging.history_buffer.HistoryBuffer",
@@ -54,15 +58,21 @@ def _history_buffer_state(self) -> dict:
     return {k: v for k, v in self.__dict__.items() if k != "statistics_methods"}
 
 
-def patch_mmengine_checkpoint_loading() -> None:
+def patch_mmengine_checkpoint_loading() -> bool:
     """Route mmengine's local-file loader (``CheckpointLoader`` fallback scheme) through our loader, and save
-    ``HistoryBuffer`` objects in a form that loads with ``weights_only=True``."""
+    ``HistoryBuffer`` objects in a form that loads with ``weights_only=True``. False when already done."""
     global _PATCHED
     if _PATCHED:
-        return
+        return False
     from mmengine.logging.history_buffer import HistoryBuffer
     from mmengine.runner.checkpoint import CheckpointLoader
 
     CheckpointLoader.register_scheme(prefixes="", force=True)(load_runner_checkpoint)
     HistoryBuffer.__getstate__ = _history_buffer_state
     _PATCHED = True
+    return True
+
+
+PATCH = Patch("mmengine's checkpoint loader for local files (torch.load with weights_only=True plus an allow-list, "
+              "so runner checkpoints load on torch >= 2.6) and HistoryBuffer's pickling",
+              patch_mmengine_checkpoint_loading)

@@ -8,8 +8,9 @@ config's dataloaders are inspected statically: for every dataset (also inside ``
 mmengine's ``BaseDataset`` does (relative to ``data_root``; ``data_root`` itself relative to the working
 directory), and so must the ``ann_file`` of the evaluator scoring the dataloader (mmdet's ``CocoMetric`` /
 ``LVISMetric`` read the ground truth from their own path, which ``--cfg-options ...data_root=`` does not move).
-Remote paths (``s3://`` etc.) are not checked. The message names the demo set that stands in for the dataset
-(:data:`DATASETS`).
+Remote paths (``s3://`` etc.) are not checked. The message gives the expected layout and the demo set that stands
+in for the dataset (:mod:`effvit_plugins.datasets.layouts`); the tools add how to train on it (:class:`DemoRun`:
+a config of the demo set and a make target, which live with the tools, not in the package).
 """
 from __future__ import annotations
 
@@ -18,27 +19,16 @@ import os.path as osp
 import sys
 from typing import List, Mapping, NamedTuple, Optional, Sequence
 
-DEMO_CONFIG = "configs/demo/efficientvit-seghead_efficientvit-b0_1xb4-500iter_cityscapes-demo-128x256.py"
-DET_DEMO_CONFIG = "configs/demo/mask-rcnn_edgevit-xxs_fpn_1xb4-300iter_coco-demo-128x128.py"
-# per dataset type: the expected layout under data_root and, where we have one, the demo set that stands in for it
-# (generator command, what it writes, a config that trains on it, the make target doing it all)
-DATASETS = {
-    "CityscapesDataset": dict(
-        layout="leftImg8bit/{train,val}/<city>/*_leftImg8bit.png + gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png",
-        demo=("python tools/generate_demo_data.py", "data/cityscapes_demo/", "Cityscapes", DEMO_CONFIG, "make demo")),
-    "ADE20KDataset": dict(
-        layout="images/{training,validation}/*.jpg + annotations/{training,validation}/*.png",
-        demo=("python tools/generate_demo_data.py --dataset ade20k", "data/ade_demo/ADEChallengeData2016/", "ADE20K",
-              "configs/demo/fpn_edgevit-xxs_1xb4-200iter_ade20k-demo-64x64.py", None)),
-    "CocoDataset": dict(
-        layout="annotations/instances_{train,val}2017.json + {train,val}2017/*.jpg",
-        demo=("python tools/generate_demo_data.py --dataset coco", "data/coco_demo/", "COCO", DET_DEMO_CONFIG,
-              "make demo-det")),
-    "LVISV1Dataset": dict(
-        layout="annotations/lvis_v1_{train,val}.json + the COCO 2017 images train2017/*.jpg, val2017/*.jpg "
-               "(found through each image's coco_url)",
-        demo=("python tools/generate_demo_data.py --dataset lvis", "data/lvis_v1_demo/", "LVIS v1", None, None)),
-}
+from ..datasets.layouts import DEFAULT_DEMO, for_mm_type, get_layout
+
+
+class DemoRun(NamedTuple):
+    """How the tools train on a demo set: a config reading it, and a make target doing generate + train + test."""
+
+    config: Optional[str] = None
+    make_target: Optional[str] = None
+
+
 # the evaluator that scores each dataloader (its ann_file, e.g. COCO's, is read too)
 _EVALUATORS = {"val_dataloader": "val_evaluator", "test_dataloader": "test_evaluator"}
 
@@ -140,7 +130,9 @@ def _ann_relative(ann: str, roots: Sequence[str]) -> str:
 
 
 def format_missing_message(missing: Sequence[Missing], cfg, tool: str, config_path: str,
-                           dataloaders: Sequence[str]) -> str:
+                           dataloaders: Sequence[str], demo_runs: Optional[Mapping[str, DemoRun]] = None) -> str:
+    """The error message: what is missing, where we looked, and how to fix it (``demo_runs``: per dataset key of
+    :mod:`effvit_plugins.datasets.layouts`, how to train on its demo set)."""
     lines = [f"error: dataset not found -- {tool} {config_path} reads data that is not there:"]
     grouped = {}
     for m in missing:
@@ -150,9 +142,9 @@ def format_missing_message(missing: Sequence[Missing], cfg, tool: str, config_pa
         lines.append(f"  missing {what} {path!r}  ({dtype}; {', '.join(keys)})")
     if any(not osp.isabs(m.path) for m in missing):
         lines.append(f"  (relative paths are resolved from the working directory {os.getcwd()})")
-    info = next((DATASETS[m.dtype] for m in missing if m.dtype in DATASETS), None)
+    info = next((for_mm_type(m.dtype) for m in missing if for_mm_type(m.dtype)), None)
     if info:
-        lines.append(f"  expected layout under data_root: {info['layout']}")
+        lines.append(f"  expected layout under data_root: {info.layout}")
     # the --cfg-options keys of the data_root of every dataset the tool reads and of the evaluators' ann_file
     # (training: also test_dataloader, so the same options serve tools/test.py afterwards)
     keys, roots = [], []
@@ -181,28 +173,28 @@ def format_missing_message(missing: Sequence[Missing], cfg, tool: str, config_pa
         root = missing_roots[0].rstrip("/")
         mk = f"mkdir -p {osp.dirname(root)} && " if osp.dirname(root) and not osp.isdir(osp.dirname(root)) else ""
         lines.append(f"  * or link it to where the config looks:  {mk}ln -s /path/to/dataset {root}")
-    demo = (info or {}).get("demo") or DATASETS["CityscapesDataset"]["demo"]
-    command, out, title, demo_config, target = demo
-    lines.append(f"  * or try the pipeline on the small synthetic {title}-layout demo set instead:")
-    lines.append(f"      {command}    # writes {out} in seconds")
-    if demo_config:
-        lines.append(f"      python tools/train.py {demo_config}")
-    if target:
-        lines.append(f"    (`{target}` does both, then evaluates the trained model with tools/test.py)")
+    demo = info or get_layout(DEFAULT_DEMO)
+    run = (demo_runs or {}).get(demo.key, DemoRun())
+    lines.append(f"  * or try the pipeline on the small synthetic {demo.title}-layout demo set instead:")
+    lines.append(f"      {demo.demo_command()}    # writes {demo.demo_root} in seconds")
+    if run.config:
+        lines.append(f"      python tools/train.py {run.config}")
+    if run.make_target:
+        lines.append(f"    (`{run.make_target}` does both, then evaluates the trained model with tools/test.py)")
     else:
-        if demo_config:
+        if run.config:
             lines.append("    (a model sized for a CPU), or this config on the demo data:")
         lines.append(f"      python {tool} {config_path}{extra} --cfg-options "
-                     + " ".join(k.replace("/path/to/dataset/", out) for k in keys))
+                     + " ".join(k.replace("/path/to/dataset/", demo.demo_root) for k in keys))
     return "\n".join(lines)
 
 
-
-def check_data_or_exit(cfg, dataloaders: Sequence[str], tool: str, config_path: str, exit_code: int = 2) -> None:
+def check_data_or_exit(cfg, dataloaders: Sequence[str], tool: str, config_path: str,
+                       demo_runs: Optional[Mapping[str, DemoRun]] = None, exit_code: int = 2) -> None:
     """Print one message to stderr and exit with ``exit_code`` if a dataset folder/file is missing."""
     missing = find_missing_data(cfg, dataloaders)
     if missing:
-        print(format_missing_message(missing, cfg, tool, config_path, dataloaders), file=sys.stderr)
+        print(format_missing_message(missing, cfg, tool, config_path, dataloaders, demo_runs), file=sys.stderr)
         sys.exit(exit_code)
 
 

@@ -1,39 +1,47 @@
-"""Registration: the ``register_model`` decorator and the list of everything it registers.
+"""Registration of every OpenMMLab module we provide, in one place.
 
-Every adapter class is decorated with :func:`register_model` where it is defined (``mm/backbones.py``,
-``mm/necks.py``, ``mm/seg_heads.py``, ``mm/cls_heads.py``); :func:`register_all_modules` (run by
-``import effvit_plugins``) imports those modules. Each class is registered in our own ``effvit_plugins`` scope and,
-under the same plain name, in the MODELS registry of each installed downstream library that can use it:
+Each class is registered in our own ``effvit_plugins`` scope and, under the same plain name, in the MODELS registry
+of each installed downstream library that can use it:
 
-=========================  =====================================  =======================================
-name                       kind                                   registered in
-=========================  =====================================  =======================================
-EfficientViTMIT            backbone, EfficientViT (MIT) B0-B3/L0-L3  mmseg, mmdet, mmpretrain, effvit_plugins
-EfficientViTMSRA           backbone, EfficientViT (MSRA) M0-M5    mmseg, mmdet, mmpretrain, effvit_plugins
-EdgeViT                    backbone, EdgeViT XXS/XS/S             mmseg, mmdet, mmpretrain, effvit_plugins
-EfficientFormerV1          backbone, EfficientFormer L1/L3/L7     mmseg, mmdet, mmpretrain, effvit_plugins
-EfficientFormerV2          backbone, EfficientFormer V2 S0-S2/L   mmseg, mmdet, mmpretrain, effvit_plugins
-EfficientViTMSRAFPN        neck, upsampling FPN (official MSRA)   mmdet, mmseg, effvit_plugins
-EfficientViTMITSegHead     mmseg decode head (official SegHead)   mmseg, effvit_plugins
-EfficientViTMITClsHead     ImageNet head (official)               mmpretrain, effvit_plugins
-EfficientViTMSRAClsHead    ImageNet head (official)               mmpretrain, effvit_plugins
-EdgeViTClsHead             ImageNet head (official)               mmpretrain, effvit_plugins
-EfficientFormerV1ClsHead   ImageNet head with distillation head   mmpretrain, effvit_plugins
-EfficientFormerV2ClsHead   ImageNet head with distillation head   mmpretrain, effvit_plugins
-=========================  =====================================  =======================================
+* for every model family (every :class:`~effvit_plugins.models.spec.FamilySpec`: the built-in ones and any
+  registered later with :func:`~effvit_plugins.models.spec.register_family`), :func:`register_family_modules`
+  registers
+
+  - the backbone ``spec.name`` (:func:`effvit_plugins.mm.backbones.backbone_adapter`) in mmseg, mmdet and
+    mmpretrain;
+  - the ImageNet head ``spec.head_name`` = ``spec.name + 'ClsHead'`` (:func:`effvit_plugins.mm.cls_heads.head_adapter`;
+    families with a ``cls_head``) in mmpretrain;
+
+  ``python -c "from effvit_plugins.models.spec import families; print([(s.name, s.head_name) for s in
+  families()])"`` lists them;
+* the hand-written modules, decorated with :func:`register_model` where they are defined:
+
+  =========================  =====================================  ==================
+  name                       kind                                   registered in
+  =========================  =====================================  ==================
+  EfficientViTMSRAFPN        neck, upsampling FPN (official MSRA)   mmdet, mmseg
+  EfficientViTMITSegHead     mmseg decode head (official SegHead)   mmseg
+  =========================  =====================================  ==================
 
 mmpretrain already registers ``EfficientFormer`` (V1) and ``EfficientFormerClsHead``; ours are named V1/V2 so
-both coexist. A name already taken by another package is an error, never silently skipped.
+both coexist. A name already taken by another package is an error, never silently skipped (also for a family
+registered at run time).
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
+import sys
+import types
+from typing import Dict, Sequence, Tuple
 
+from ..models.spec import FamilySpec, on_register
 from ..registry import MODELS as OWN_MODELS
 
+BACKBONE_LIBS = ("mmseg", "mmdet", "mmpretrain")
+HEAD_LIBS = ("mmpretrain",)
 _DONE = False
+_MADE: Dict[Tuple[str, str], type] = {}  # (module, name) -> class made by module_class
 
 
 def _downstream_registries(names):
@@ -78,32 +86,48 @@ def register_model(*libs: str):
     return deco
 
 
-class _MMLoggerBridge(logging.Handler):
-    """Forwards the framework-free cores' log records (logger ``effvit_plugins``) to mmengine's current logger, so
-    that e.g. the one-line report of resized attention-bias tables lands in the run's log."""
+def module_class(module_name: str, name: str, bases: Sequence[type], doc: str) -> type:
+    """A class made at run time that behaves as if written in ``module_name``: an attribute of that module, with
+    ``__module__`` / ``__qualname__`` pointing there (so it imports and pickles by name). Made once per name: a
+    second call for the same name returns the class already there if it has the same bases (the same family).
 
-    def emit(self, record):
-        from mmengine.logging import print_log
+    Raises:
+        ValueError: the module already has another object under ``name``.
+    """
+    module = sys.modules[module_name]
+    existing = getattr(module, name, None)
+    if existing is not None:
+        if _MADE.get((module_name, name)) is not existing:
+            raise ValueError(f"Cannot make the adapter class {name!r} in {module_name}: the module already defines "
+                             f"that name. Give the model family another name.")
+        if existing.__bases__ == tuple(bases):
+            return existing
+    cls = types.new_class(name, tuple(bases), exec_body=lambda ns: ns.update(
+        __module__=module_name, __qualname__=name, __doc__=doc))
+    setattr(module, name, cls)
+    _MADE[(module_name, name)] = cls
+    return cls
 
-        print_log(record.getMessage(), logger="current", level=record.levelno)
+
+def register_family_modules(spec: FamilySpec) -> None:
+    """Make and register the OpenMMLab classes of one family (see the module docstring)."""
+    from .backbones import backbone_adapter
+
+    _register(backbone_adapter(spec), BACKBONE_LIBS)
+    if spec.cls_head is not None and importlib.util.find_spec("mmpretrain") is not None:
+        from .cls_heads import head_adapter
+
+        _register(head_adapter(spec), HEAD_LIBS)
 
 
 def register_all_modules() -> None:
-    """Import every adapter module (the decorators register the classes), route the cores' logs to mmengine and
-    make mmengine load runner checkpoints with ``weights_only=True`` on torch >= 2.6."""
+    """Register the hand-written modules (importing their modules runs the decorators) and the modules of every
+    model family, now and whenever a family is registered later."""
     global _DONE
     if _DONE:
         return
-    from .compat import patch_mmengine_checkpoint_loading
-
-    patch_mmengine_checkpoint_loading()
-    core_logger = logging.getLogger("effvit_plugins")
-    if not any(isinstance(h, _MMLoggerBridge) for h in core_logger.handlers):
-        core_logger.addHandler(_MMLoggerBridge())
-        core_logger.setLevel(logging.INFO)
-        core_logger.propagate = False
-    from . import backbones, necks  # noqa: F401
-    for module, lib in ((".seg_heads", "mmseg"), (".cls_heads", "mmpretrain")):
-        if importlib.util.find_spec(lib) is not None:
-            importlib.import_module(module, __package__)
+    from . import necks  # noqa: F401
+    if importlib.util.find_spec("mmseg") is not None:
+        from . import seg_heads  # noqa: F401
+    on_register(register_family_modules)
     _DONE = True

@@ -5,10 +5,13 @@ import logging
 import pytest
 import torch
 
+from mmengine.model import BaseModule
+
 import effvit_plugins  # noqa: F401  (registers)
 from effvit_plugins.checkpoint import CheckpointError
 from effvit_plugins.mm import backbones
 from effvit_plugins.models import efficientformer_v1, efficientformer_v2, efficientvit_msra
+from effvit_plugins.models.spec import families, family_of
 
 
 def build(typ, **kw):
@@ -21,7 +24,7 @@ def build(typ, **kw):
 
 @pytest.fixture
 def core_log():
-    """Records of the cores' logger (mmengine's bridge does not propagate to the root logger)."""
+    """Records of the cores' logger ``effvit_plugins``."""
     records = []
 
     class Collect(logging.Handler):
@@ -35,15 +38,23 @@ def core_log():
     logger.removeHandler(h)
 
 
-def test_adapters_are_explicit_importable_classes():
+@pytest.mark.parametrize("spec", families(), ids=lambda s: s.key)
+def test_adapters_are_importable_classes(spec):
+    """One class per family, made from its spec: an attribute of effvit_plugins.mm.backbones under the family's
+    name, registered there, pickled by name, documented with the core's and the OpenMMLab arguments."""
+    import pickle
+
     from mmseg.registry import MODELS as SEG
     from mmdet.registry import MODELS as DET
+    from mmpretrain.registry import MODELS as PRETRAIN
 
-    for name in ("EfficientViTMIT", "EfficientViTMSRA", "EdgeViT", "EfficientFormerV1", "EfficientFormerV2"):
-        cls = getattr(backbones, name)
-        assert cls.__module__ == "effvit_plugins.mm.backbones" and cls.__qualname__ == name
-        assert DET.get(name) is cls and SEG.get(name) is cls
-        assert "init_cfg" in cls.__doc__ and "Args:" in cls.__doc__
+    cls = getattr(backbones, spec.name)
+    assert cls.__module__ == "effvit_plugins.mm.backbones" and cls.__qualname__ == spec.name
+    assert cls.__bases__ == (backbones.PretrainedInitMixin, spec.backbone, BaseModule)
+    assert DET.get(spec.name) is cls and SEG.get(spec.name) is cls and PRETRAIN.get(spec.name) is cls
+    assert cls.__doc__.startswith(spec.backbone.__doc__) and "init_cfg" in cls.__doc__
+    clone = pickle.loads(pickle.dumps(build(spec.name, arch=spec.variants[0])))
+    assert type(clone) is cls and family_of(clone) is spec
 
 
 def _save(sd, path):

@@ -1,5 +1,5 @@
-"""mmpretrain ImageNet configs for all four families: keys match the converter output, published
-params/MACs, conversion of official files, clear errors, and a real training loop + accuracy evaluation."""
+"""mmpretrain ImageNet configs of every family: keys match the converter output, published params/MACs,
+conversion of official files, clear errors, and a real training loop + accuracy evaluation."""
 import glob
 import os
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config, model_complexity
-from effvit_plugins.models import edgevit, efficientformer_v1, efficientformer_v2, efficientvit_mit, efficientvit_msra
+from effvit_plugins.models import efficientformer_v1
+from effvit_plugins.models.spec import families
 from effvit_plugins.utils.published import official_complexity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -15,11 +16,9 @@ CLS_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*_in1k.py")))
 # (params M, MACs G) at 224 of the official classifiers, measured from the official code
 # (effvit_plugins/data/published_results.json, the file tools/paper_tables.py prints)
 TARGETS = {name.split("_")[0]: (p.value, m.value) for name, (p, m) in official_complexity("classification").items()}
-FAMILY_OF = {"efficientvit-mit": ("efficientvit_mit", efficientvit_mit.EfficientViTMITClassifier),
-             "efficientvit-msra": ("efficientvit_msra", efficientvit_msra.EfficientViTMSRAClassifier),
-             "edgevit": ("edgevit", edgevit.EdgeViTClassifier),
-             "efficientformer": ("efficientformer_v1", efficientformer_v1.EfficientFormerV1Classifier),
-             "efficientformerv2": ("efficientformer_v2", efficientformer_v2.EfficientFormerV2Classifier)}
+# config-name prefix ('efficientvit-msra') -> spec, for the families with an ImageNet classifier
+CLASSIFIER_FAMILIES = [s for s in families() if s.classifier is not None]
+SPEC_OF = {s.config_prefix: s for s in CLASSIFIER_FAMILIES}
 
 
 def model_name(path):
@@ -42,7 +41,7 @@ def test_config_matches_official_classifier(path):
     with torch.device("meta"):
         model = build_model_from_cfg(cfg, device="meta")
         prefix, variant = split_name(model_name(path))
-        core = FAMILY_OF[prefix][1](variant)
+        core = SPEC_OF[prefix].classifier(variant)
     params, macs = model_complexity(model, (224, 224))
     p_ref, m_ref = TARGETS[model_name(path)]
     assert abs(params / 1e6 - p_ref) / p_ref < 0.01 and abs(macs / 1e9 - m_ref) / m_ref < 0.02, (params, macs)
@@ -51,21 +50,24 @@ def test_config_matches_official_classifier(path):
     assert ours == official_layout
 
 
-@pytest.mark.parametrize("name,wrapper", [("efficientvit-mit-b0", "state_dict"), ("efficientvit-msra-m0", "model"),
-                                          ("edgevit-xxs", None), ("efficientformer-l1", "model"),
-                                          ("efficientformerv2-s0", "model")])
+# every classifier family, its smallest variant, in each wrapper the official releases use
+CONVERT_CASES = [(f"{s.config_prefix}-{s.variants[0]}", ("state_dict", "model", None)[i % 3])
+                 for i, s in enumerate(CLASSIFIER_FAMILIES)]
+
+
+@pytest.mark.parametrize("name,wrapper", CONVERT_CASES, ids=[n for n, _ in CONVERT_CASES])
 def test_official_checkpoint_converts_into_config(tmp_path, name, wrapper, bn_randomizer, official_classifier_layout):
     import importlib.util
     spec = importlib.util.spec_from_file_location("cc", os.path.join(ROOT, "tools", "convert_checkpoint.py"))
     cc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cc)
     prefix, variant = split_name(name)
-    family, cls = FAMILY_OF[prefix]
+    spec = SPEC_OF[prefix]
     torch.manual_seed(0)
-    core = cls(variant).eval()
+    core = spec.classifier(variant).eval()
     bn_randomizer(core)
-    official = official_classifier_layout(family, core)
-    if family == "efficientvit_msra":  # official 1x1 conv weights may be stored 2-D
+    official = official_classifier_layout(spec.key, core)
+    if spec.key == "efficientvit_msra":  # official 1x1 conv weights may be stored 2-D
         official = {k: (v.flatten(1) if k.endswith(".c.weight") and v.dim() == 4 and v.shape[-1] == 1 else v)
                     for k, v in official.items()}
     torch.save({wrapper: official} if wrapper else official, tmp_path / "official.pth")
@@ -91,11 +93,12 @@ def test_checkpoint_of_another_family_is_named(tmp_path, official_classifier_lay
 
 def test_truncated_checkpoint_loads_nothing(tmp_path, official_classifier_layout):
     from mmpretrain.registry import MODELS
-    core = edgevit.EdgeViTClassifier("xxs")
-    torch.save({"model": official_classifier_layout("edgevit", core)}, tmp_path / "full.pth")
+    spec = CLASSIFIER_FAMILIES[0]
+    core = spec.classifier(spec.variants[0])
+    torch.save({"model": official_classifier_layout(spec.key, core)}, tmp_path / "full.pth")
     data = (tmp_path / "full.pth").read_bytes()
     (tmp_path / "trunc.pth").write_bytes(data[: len(data) // 2])
-    bb = MODELS.build(dict(type="EdgeViT", arch="xxs",
+    bb = MODELS.build(dict(type=spec.name, arch=spec.variants[0],
                            init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "trunc.pth"))))
     before = {k: v.clone() for k, v in bb.state_dict().items()}
     with pytest.raises(Exception, match="truncated or corrupt"):
@@ -103,16 +106,15 @@ def test_truncated_checkpoint_loads_nothing(tmp_path, official_classifier_layout
     assert all(torch.equal(v, before[k]) for k, v in bb.state_dict().items())
 
 
-def test_unknown_variant_lists_valid_ones():
+@pytest.mark.parametrize("spec", families(), ids=lambda s: s.key)
+def test_unknown_variant_lists_valid_ones(spec):
     from mmpretrain.registry import MODELS
-    for typ, valid in [("EfficientViTMSRA", "m0, m1, m2, m3, m4, m5"), ("EdgeViT", "xxs, xs, s"),
-                       ("EfficientFormerV1", "l1, l3, l7"), ("EfficientFormerV2", "s0, s1, s2, l")]:
-        with pytest.raises(ValueError, match=f"Valid variants: {valid}"):
-            MODELS.build(dict(type=typ, arch="zz"))
+    with pytest.raises(ValueError, match=f"Valid variants: {', '.join(spec.arch_settings)}"):
+        MODELS.build(dict(type=spec.name, arch="zz"))
 
 
 # ------------------------------------------------------------------------------------------------------------
-TRAIN_CASES = ["efficientvit-mit-b0", "efficientvit-msra-m0", "edgevit-xxs", "efficientformerv2-s0"]
+TRAIN_CASES = [f"{s.config_prefix}-{s.variants[0]}" for s in CLASSIFIER_FAMILIES]
 
 
 @pytest.fixture(scope="module")
@@ -172,20 +174,17 @@ def test_training_loop_and_accuracy(tmp_path, imagefolder, name):
     assert os.path.isfile(os.path.join(cfg.work_dir, f"iter_{iters}.pth"))
 
 
-@pytest.mark.parametrize("name,typ", [("efficientvit-msra-m0", "EfficientViTMSRA"), ("edgevit-xxs", "EdgeViT"),
-                                      ("efficientformer-l1", "EfficientFormerV1"),
-                                      ("efficientformerv2-s0", "EfficientFormerV2")])
-def test_dense_backbone_loads_official_imagenet_file(tmp_path, name, typ, official_classifier_layout):
+@pytest.mark.parametrize("spec", CLASSIFIER_FAMILIES, ids=lambda s: s.key)
+def test_dense_backbone_loads_official_imagenet_file(tmp_path, spec, official_classifier_layout):
     """init_cfg=Pretrained with the *original* official file (converted on load) into an mmdet backbone."""
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
     init_default_scope("mmdet")
-    prefix, variant = split_name(name)
-    family, cls = FAMILY_OF[prefix]
-    core = cls(variant)
-    torch.save({"model": official_classifier_layout(family, core)}, tmp_path / "official.pth")
-    bb = MODELS.build(dict(type=typ, arch=variant, out_indices=(0, 1, 2, 3) if family != "efficientvit_msra"
-                           else (0, 1, 2), init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "official.pth"))))
+    variant = spec.variants[0]
+    core = spec.classifier(variant)
+    torch.save({"model": official_classifier_layout(spec.key, core)}, tmp_path / "official.pth")
+    bb = MODELS.build(dict(type=spec.name, arch=variant, out_indices=spec.dense_indices(),
+                           init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "official.pth"))))
     bb.init_weights()
     ref = {k[len("backbone."):]: v for k, v in core.state_dict().items() if k.startswith("backbone.")}
     own = bb.state_dict()

@@ -1,15 +1,16 @@
-"""Our names resolve in mmseg / mmdet / mmpretrain (own default scopes) and clash with nothing upstream."""
+"""Our names resolve in mmseg / mmdet / mmpretrain (own default scopes) and clash with nothing upstream; a family
+registered at run time gets its OpenMMLab classes too."""
 import subprocess
 import sys
 import textwrap
 
+from effvit_plugins.models.spec import families
+
 DENSE = ("mmseg", "mmdet", "mmpretrain")
-OUR_NAMES = {"EfficientViTMIT": DENSE, "EfficientViTMSRA": DENSE, "EdgeViT": DENSE, "EfficientFormerV1": DENSE,
-             "EfficientViTMSRAFPN": ("mmdet", "mmseg"),
-             "EfficientFormerV2": DENSE, "EfficientViTMITSegHead": ("mmseg",),
-             "EfficientViTMITClsHead": ("mmpretrain",), "EfficientViTMSRAClsHead": ("mmpretrain",),
-             "EdgeViTClsHead": ("mmpretrain",), "EfficientFormerV1ClsHead": ("mmpretrain",),
-             "EfficientFormerV2ClsHead": ("mmpretrain",)}
+# every family's backbone and ImageNet head (the rule of effvit_plugins/mm/register.py), and the hand-written modules
+OUR_NAMES = {**{s.name: DENSE for s in families()},
+             **{s.head_name: ("mmpretrain",) for s in families() if s.cls_head is not None},
+             "EfficientViTMSRAFPN": ("mmdet", "mmseg"), "EfficientViTMITSegHead": ("mmseg",)}
 
 
 def run_py(code, cwd):
@@ -125,6 +126,112 @@ def test_classes_pickle_and_build_by_scoped_name(repo_root):
             m = MODELS.build(cfg)
             clone = pickle.loads(pickle.dumps(m))
             assert type(clone) is type(m) and type(m).__module__.startswith('effvit_plugins.mm.')
+        print("OK")
+    """, repo_root)
+    assert "OK" in out
+
+
+# A sixth family declared at run time from one spec (a tiny conv net); NAME is set by the test.
+TOY_FAMILY = """
+    import torch.nn as nn
+    from effvit_plugins.models.base import BackboneBase
+    from effvit_plugins.models.spec import FamilySpec, Paper, register_family
+
+    TOY_ARCH = {"t": dict(widths=(8, 16)), "s": dict(widths=(16, 32))}
+
+    class ToyBackbone(BackboneBase):
+        "A two-stage conv net (arch 't' or 's')."
+
+        def __init__(self, arch="t", in_channels=3, out_indices=(0, 1), frozen_stages=-1, norm_eval=False):
+            super().__init__()
+            w = TOY_ARCH[arch]["widths"]
+            self.stem = nn.Conv2d(in_channels, w[0], 3, 2, 1)
+            self.stage1 = nn.Sequential(nn.Conv2d(w[0], w[0], 3, 2, 1), nn.BatchNorm2d(w[0]), nn.ReLU())
+            self.stage2 = nn.Sequential(nn.Conv2d(w[0], w[1], 3, 2, 1), nn.BatchNorm2d(w[1]), nn.ReLU())
+            self.init_contract(list(w), [4, 8], ["stage1", "stage2"], in_channels, out_indices, frozen_stages,
+                               norm_eval)
+
+        def stem_modules(self):
+            return [self.stem]
+
+        def stage_modules(self):
+            return [self.stage1, self.stage2]
+
+        def feature_steps(self):
+            return [[self.stem, self.stage1], [self.stage2]]
+
+    class ToyClsHead(nn.Module):
+        "Global average pool + linear."
+
+        def __init__(self, in_channels, num_classes=1000):
+            super().__init__()
+            self.fc = nn.Linear(in_channels, num_classes)
+
+        def forward(self, feats):
+            return self.fc(feats[-1].mean((2, 3)))
+
+    SPEC = register_family(FamilySpec(
+        key="toynet", title="ToyNet", name=NAME, config_folder="toynet", config_prefix="toynet",
+        backbone=ToyBackbone, cls_head=ToyClsHead, arch_settings=TOY_ARCH, feature_strides=(4, 8),
+        convert=dict, key_signature=("stage1.0.weight", "toy_marker"),
+        paper=Paper(authors="Nobody", venue="none", arxiv="0000.00000", title="Toy", code="none/none")))
+"""
+
+
+def _toy_family(indent: int) -> str:
+    return textwrap.indent(textwrap.dedent(TOY_FAMILY), " " * indent).strip()
+
+
+def test_family_registered_at_run_time_gets_its_openmmlab_classes(repo_root, tmp_path):
+    ckpt = str(tmp_path / "toy.pth")
+    out = run_py(f"""
+        import importlib, pickle, torch
+        import effvit_plugins
+        NAME = "ToyNet"
+        {_toy_family(8)}
+        from mmengine.registry import DefaultScope
+        for lib in ("mmseg", "mmdet", "mmpretrain"):
+            reg = importlib.import_module(lib + ".registry").MODELS
+            with DefaultScope.overwrite_default_scope(lib):
+                bb = reg.build(dict(type="ToyNet", arch="t"))
+            assert isinstance(bb, ToyBackbone) and [o.shape[1] for o in bb(torch.zeros(1, 3, 32, 32))] == [8, 16]
+        from mmpretrain.registry import MODELS as PRETRAIN
+        head = PRETRAIN.build(dict(type="ToyNetClsHead", in_channels=16, num_classes=3))
+        assert isinstance(head, ToyClsHead) and hasattr(head, "loss_module")
+        from effvit_plugins.registry import MODELS as OWN
+        assert OWN.get("ToyNet") is type(bb) and OWN.get("ToyNetClsHead") is type(head)
+        # importable by name, picklable, documented
+        from effvit_plugins.mm.backbones import ToyNet
+        from effvit_plugins.mm.cls_heads import ToyNetClsHead
+        assert type(bb) is ToyNet and type(head) is ToyNetClsHead
+        assert (ToyNet.__module__, ToyNet.__qualname__) == ("effvit_plugins.mm.backbones", "ToyNet")
+        assert "A two-stage conv net" in ToyNet.__doc__ and "init_cfg" in ToyNet.__doc__
+        assert type(pickle.loads(pickle.dumps(bb))) is ToyNet
+        # init_cfg=Pretrained: the family is found from the core class, the file loads strictly
+        torch.save({{"state_dict": {{"backbone." + k: v for k, v in bb.state_dict().items()}}}}, {ckpt!r})
+        fresh = OWN.build(dict(type="ToyNet", arch="t", init_cfg=dict(type="Pretrained", checkpoint={ckpt!r})))
+        fresh.init_weights()
+        assert all(torch.equal(v, bb.state_dict()[k]) for k, v in fresh.state_dict().items())
+        print("OK")
+    """, repo_root)
+    assert "OK" in out
+
+
+def test_family_named_like_another_packages_model_is_an_error(repo_root):
+    """A family named like one of mmdet's models ('ResNet'): an error naming the other class, theirs untouched."""
+    out = run_py(f"""
+        import re
+        import effvit_plugins
+        import mmdet.models  # noqa: F401  (mmdet's own names)
+        NAME = "ResNet"
+        try:
+            {_toy_family(12)}
+        except KeyError as e:
+            assert re.search(r"cannot register 'ResNet' .*already taken by mm(det|seg)\\.models\\.", str(e)), e
+        else:
+            raise SystemExit("no error")
+        from mmdet.registry import MODELS
+        assert MODELS.get("ResNet").__module__.startswith("mmdet.")  # theirs untouched
         print("OK")
     """, repo_root)
     assert "OK" in out

@@ -7,7 +7,9 @@ precision with ``np.float``, an alias numpy removed in 1.24, so every LVIS evalu
 The fix is narrow: only the module ``lvis.eval`` gets a view of numpy that also has ``float`` (the builtin, which
 is what the alias was). numpy itself is not modified. ``lvis`` is not imported here (it pulls in matplotlib):
 :func:`install` patches ``lvis.eval`` if it is already imported and otherwise hooks its import, so the patch
-applies whenever and by whomever LVIS evaluation is first imported. ``import effvit_plugins`` installs it.
+applies whenever and by whomever LVIS evaluation is first imported. ``import effvit_plugins`` installs it (with
+mmengine installed, for mmdet's ``LVISMetric``), as does the Detectron2 trainer when it builds an LVIS evaluator;
+``EFFVIT_PLUGINS_NO_PATCHES=1`` turns it off (:mod:`effvit_plugins.compat`).
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import types
 
 import numpy
 
-__all__ = ["install", "is_patched"]
+from . import Patch, apply_patches
+
+__all__ = ["PATCH", "install", "is_patched"]
 
 _TARGET = "lvis.eval"
 
@@ -82,11 +86,24 @@ class _LvisEvalFinder(importlib.abc.MetaPathFinder):
         return None
 
 
-def install() -> None:
-    """Make ``lvis.eval`` work on this numpy (idempotent; nothing to do on numpy < 1.24)."""
+def _install() -> bool:
+    """Patch ``lvis.eval`` now or when it is imported; False when there was nothing to do."""
     if not _needs_patch():
-        return
-    if _TARGET in sys.modules:
+        return False
+    changed = False
+    if _TARGET in sys.modules and not is_patched():
         _patch(sys.modules[_TARGET])
+        changed = True
     if not any(isinstance(f, _LvisEvalFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _LvisEvalFinder())
+        changed = True
+    return changed
+
+
+PATCH = Patch("lvis.eval's numpy (np.float, removed in numpy 1.24, which lvis 0.5.3 evaluates with)", _install)
+
+
+def install() -> bool:
+    """Make ``lvis.eval`` work on this numpy (idempotent; nothing to do on numpy < 1.24 or with
+    ``EFFVIT_PLUGINS_NO_PATCHES=1``). True when it changed something."""
+    return bool(apply_patches(PATCH))

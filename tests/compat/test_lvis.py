@@ -59,7 +59,7 @@ def test_patch_is_narrow():
     import lvis.eval
 
     import effvit_plugins  # noqa: F401
-    from effvit_plugins.mm import lvis_compat
+    from effvit_plugins.compat import lvis as lvis_compat
 
     assert lvis_compat.is_patched()
     assert lvis.eval.np.float is float and lvis.eval.np.cumsum is np.cumsum
