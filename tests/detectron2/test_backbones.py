@@ -130,8 +130,7 @@ def test_frozen_stages_and_norm_eval(family):
         assert p.requires_grad == (id(p) not in frozen), name
     bb.train()
     bns = [m for m in bb.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if family != "edgevit":  # EdgeViT has LayerNorms only besides its stem/patch-embedding BNs
-        assert bns
+    assert bns
     assert all(not m.training for m in bns)
     bb2 = build("", effvit_cfg(family, smallest(family)), family).train()
     assert all(p.requires_grad for p in bb2.parameters())
