@@ -306,15 +306,21 @@ class ToyBackbone(BackboneBase):
 
 @pytest.fixture
 def toy_family():
+    """``register(feature_strides)``: the toy family under the key ``toy_d2`` (forgotten again after the test)."""
     import effvit_plugins.detectron2.backbone as d2_backbone
 
-    spec = family_spec.register_family(family_spec.FamilySpec(
-        key="toy_d2", title="Toy", name="ToyD2", config_folder="toy", config_prefix="toy", backbone=ToyBackbone,
-        arch_settings=TOY_ARCH, feature_strides=(4, 8, 16, 32), convert=dict, key_signature=("toy_only.",),
-        paper=family_spec.Paper(authors="-", venue="-", arxiv="-", title="-", code="-")))
-    try:
-        yield spec
-    finally:
+    registered = []
+
+    def register(feature_strides=(4, 8, 16, 32)):
+        spec = family_spec.register_family(family_spec.FamilySpec(
+            key="toy_d2", title="Toy", name="ToyD2", config_folder="toy", config_prefix="toy", backbone=ToyBackbone,
+            arch_settings=TOY_ARCH, feature_strides=feature_strides, convert=dict, key_signature=("toy_only.",),
+            paper=family_spec.Paper(authors="-", venue="-", arxiv="-", title="-", code="-")))
+        registered.append(spec)
+        return spec
+
+    yield register
+    for spec in registered:
         family_spec.unregister_family(spec.key)
         delattr(d2_backbone, spec.d2_name)
         d2_backbone.__all__.remove(spec.d2_name)
@@ -324,6 +330,7 @@ def test_family_registered_at_run_time(toy_family):
     from effvit_plugins.detectron2 import (build_effvit_backbone, build_effvit_fpn_backbone,
                                            build_effvit_retinanet_fpn_backbone)
 
+    toy_family()
     cls = backbone_class("toy_d2")
     assert cls.__name__ == "D2ToyD2" and issubclass(cls, ToyBackbone)
     cfg = effvit_cfg("toy_d2", "tiny")
@@ -344,3 +351,10 @@ def test_family_registered_at_run_time(toy_family):
         assert list(fpn(x)) == list(fpn.output_shape()) == [f"p{i}" for i in levels]
     with pytest.raises(ValueError, match="MODEL.EFFVIT.ARCH is not set; the Toy variants are: tiny"):
         build_effvit_backbone(effvit_cfg("toy_d2", ""), None, "toy_d2")
+
+
+def test_spec_strides_must_match_feature_info(toy_family):
+    toy_family(feature_strides=(2, 4, 8, 16))
+    with pytest.raises(ValueError, match=r"strides \[4, 8, 16, 32\] \(feature_info\), but its FamilySpec declares "
+                                         r"feature_strides=\(2, 4, 8, 16\)\. Correct"):
+        backbone_class("toy_d2")("tiny")
