@@ -1,46 +1,43 @@
-"""Detectron2 backbones over the framework-free cores, and the builders registered in ``BACKBONE_REGISTRY``.
+"""Detectron2 backbones over the framework-free cores, and the builder code shared by every family.
 
 Every family's core backbone becomes a Detectron2 :class:`~detectron2.modeling.Backbone` by one mixin
 (:class:`D2BackboneMixin`), so the Detectron2 classes have the cores' parameter names (official checkpoints load
 through :mod:`effvit_plugins.convert`), their ``frozen_stages`` / ``norm_eval`` / ``drop_path_rate`` behaviour and
-their any-input-size forward. Feature maps are named by stride, Detectron2 style: ``res{log2(stride)}``
-(stride 2 -> ``res1`` for EfficientViT-MIT's stem map, 4 -> ``res2`` ... 32 -> ``res5``, 64 -> ``res6`` for
-EfficientViT-MSRA's last stage).
+their any-input-size forward. The class of each registered family (:mod:`effvit_plugins.models.spec`), built-in or
+registered later, is made here when the family is registered: ``D2<spec.name>`` (``D2EdgeViT``, ...), an attribute
+of this module (see :func:`backbone_class`). Feature maps are named by stride, Detectron2 style:
+``res{log2(stride)}`` (stride 2 -> ``res1``, 4 -> ``res2`` ... 32 -> ``res5``, 64 -> ``res6``), the strides being
+those of the core's ``feature_info``.
 
-EfficientViT-MSRA has maps at strides 16/32/64 only. Its FPN builders use the official upsampling FPN
-(:class:`UpsampleFPNBackbone`, the framework-free :class:`~effvit_plugins.models.upsample_fpn.UpsampleFPN` as a
-Detectron2 backbone): two transposed-conv levels for Mask R-CNN (``p2``-``p6``, strides 4-64) and one plus a
-stride-2 conv on the last map for RetinaNet (``p3``-``p7``, strides 8-128), as the official detection configs.
-The other families use Detectron2's own ``FPN`` with ``LastLevelMaxPool`` (``p2``-``p6``) or ``LastLevelP6P7``
-(``p3``-``p7``).
+A family whose spec sets ``upsample_neck`` (EfficientViT-MSRA: maps at strides 16/32/64 only) gets the official
+upsampling FPN from the FPN builders (:class:`UpsampleFPNBackbone`, the framework-free
+:class:`~effvit_plugins.models.upsample_fpn.UpsampleFPN` as a Detectron2 backbone): transposed-conv levels down to
+stride 4 for Mask R-CNN (``p2``-``p6`` from strides 16-64) and to stride 8 plus a stride-2 conv on the last map for
+RetinaNet (``p3``-``p7``), as the official detection configs. The other families use Detectron2's own ``FPN`` with
+``LastLevelMaxPool`` (``p2``-``p6``) or ``LastLevelP6P7`` (``p3``-``p7``).
 
-Registered builders (``MODEL.BACKBONE.NAME``), for each family key ``F`` of :data:`effvit_plugins.convert.FAMILIES`
-(``efficientvit_mit``, ``efficientvit_msra``, ``edgevit``, ``efficientformer_v1``, ``efficientformer_v2``):
-``build_F_backbone``, ``build_F_fpn_backbone``, ``build_F_retinanet_fpn_backbone``. Their options are under
-``MODEL.EFFVIT`` (see :func:`effvit_plugins.detectron2.config.add_effvit_config`) and ``MODEL.FPN``.
+The builders registered in ``BACKBONE_REGISTRY`` (``MODEL.BACKBONE.NAME``) are written out in
+:mod:`effvit_plugins.detectron2.builders`, one line each into :func:`build_effvit_backbone`,
+:func:`build_effvit_fpn_backbone` and :func:`build_effvit_retinanet_fpn_backbone`, which work for any registered
+family. Their options are under ``MODEL.EFFVIT`` (see :func:`effvit_plugins.detectron2.config.add_effvit_config`)
+and ``MODEL.FPN``.
 """
 from __future__ import annotations
 
 import inspect
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling import Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 
-from ..convert import FAMILIES
-from ..models.base import BackboneBase
-from ..models.edgevit import EdgeViTBackbone
-from ..models.efficientformer_v1 import EfficientFormerV1Backbone
-from ..models.efficientformer_v2 import EfficientFormerV2Backbone
-from ..models.efficientvit_mit import EfficientViTMITBackbone
-from ..models.efficientvit_msra import EfficientViTMSRABackbone
+from ..models.spec import FamilySpec, family_keys, family_of, get_family, on_register
 from ..models.upsample_fpn import UpsampleFPN
 
-__all__ = ["D2BackboneMixin", "D2EfficientViTMIT", "D2EfficientViTMSRA", "D2EdgeViT", "D2EfficientFormerV1",
-           "D2EfficientFormerV2", "UpsampleFPNBackbone", "BACKBONE_CLASSES", "feature_name",
+# (the per-family classes D2<spec.name> are added to __all__ as they are made)
+__all__ = ["D2BackboneMixin", "UpsampleFPNBackbone", "backbone_class", "backbone_kwargs", "feature_name",
            "build_effvit_backbone", "build_effvit_fpn_backbone", "build_effvit_retinanet_fpn_backbone"]
 
 
@@ -65,7 +62,7 @@ class _Padding:
 
 class D2BackboneMixin(_Padding):
     """Detectron2's ``Backbone`` interface on top of a core backbone (used as ``class X(D2BackboneMixin, Core,
-    Backbone)``).
+    Backbone)``; :func:`backbone_class` gives the class of a registered family).
 
     Args:
         arch: the variant (``'b1'``, ``'m4'``, ...), as for the core.
@@ -78,33 +75,42 @@ class D2BackboneMixin(_Padding):
     ``forward(x)`` returns ``{name: NCHW tensor}``; ``output_shape()`` gives channels and stride per name.
     """
 
-    family: str = ""
-    feature_strides: Tuple[int, ...] = ()  # strides of the core's feature maps (checked against feature_info)
-
     def __init__(self, arch=None, *, out_features: Optional[Sequence[str]] = None,
                  size_divisibility: Optional[int] = None, **kwargs):
         if "out_indices" in kwargs:
             raise TypeError(f"{type(self).__name__}: select the maps with out_features (names), not out_indices.")
-        names = [feature_name(s) for s in self.feature_strides]
+        spec = family_of(type(self))
+        # the core builds per-output layers for its out_indices only, so the names are resolved before building,
+        # from the strides the spec declares (checked against the built core's feature_info below)
+        names = [feature_name(s) for s in spec.feature_strides]
         if out_features is None or len(out_features) == 0:
-            out_features = [n for n, s in zip(names, self.feature_strides) if s >= 4]
+            out_features = [n for n, s in zip(names, spec.feature_strides) if s >= 4]
         out_features = list(out_features)
         unknown = [n for n in out_features if n not in names]
         if unknown or len(set(out_features)) != len(out_features):
-            valid = ", ".join(f"{n} (stride {s})" for n, s in zip(names, self.feature_strides))
+            valid = ", ".join(f"{n} (stride {s})" for n, s in zip(names, spec.feature_strides))
             what = f"unknown feature name(s) {unknown}" if unknown else f"a repeated name in {out_features}"
-            raise ValueError(f"{type(self).__name__} ({self.family} {arch}): out_features has {what}. "
+            raise ValueError(f"{type(self).__name__} ({spec.key} {arch}): out_features has {what}. "
                              f"Valid names: {valid}.")
-        # the core returns maps in out_indices order (and builds per-output layers for them only); Detectron2
-        # expects increasing stride
+        # the core returns maps in out_indices order; Detectron2 expects increasing stride
         super().__init__(arch, out_indices=tuple(sorted(names.index(n) for n in out_features)), **kwargs)
-        assert [f["reduction"] for f in self.feature_info] == list(self.feature_strides), self.feature_info
+        strides = [f["reduction"] for f in self.feature_info]
+        if strides != list(spec.feature_strides):
+            raise ValueError(f"{type(self).__name__}: the {spec.title} backbone has feature maps of strides "
+                             f"{strides} (feature_info), but its FamilySpec declares feature_strides="
+                             f"{tuple(spec.feature_strides)}. Correct feature_strides in the family's spec.")
+        names = [feature_name(s) for s in strides]
         self._out_features = [names[i] for i in self.out_indices]
         self._out_feature_channels = {names[i]: self.feature_info[i]["num_chs"] for i in self.out_indices}
-        self._out_feature_strides = {names[i]: self.feature_info[i]["reduction"] for i in self.out_indices}
+        self._out_feature_strides = {names[i]: strides[i] for i in self.out_indices}
         if size_divisibility is None:
             size_divisibility = max(self._out_feature_strides.values())
         self._size_divisibility = int(size_divisibility)
+
+    @property
+    def family(self) -> str:
+        """The family key (``'edgevit'``, ...)."""
+        return family_of(type(self)).key
 
     @property
     def out_features(self) -> List[str]:
@@ -114,39 +120,30 @@ class D2BackboneMixin(_Padding):
         return dict(zip(self._out_features, super().forward(x)))
 
 
-class D2EfficientViTMIT(D2BackboneMixin, EfficientViTMITBackbone, Backbone):
-    family = "efficientvit_mit"
-    feature_strides = (2, 4, 8, 16, 32)
-    __doc__ = "EfficientViT (MIT) as a Detectron2 backbone: ``res1`` (stem) .. ``res5``.\n" + D2BackboneMixin.__doc__
+def _make_backbone_class(spec: FamilySpec) -> None:
+    """``D2<spec.name>(D2BackboneMixin, spec.backbone, Backbone)``, set as an attribute of this module (so it is
+    importable by name and picklable). Runs for every registered family
+    (:func:`~effvit_plugins.models.spec.on_register`)."""
+    name = spec.d2_name
+    maps = [feature_name(s) for s in spec.feature_strides]
+    doc = f"{spec.title} as a Detectron2 backbone: ``{maps[0]}`` .. ``{maps[-1]}``.\n" + D2BackboneMixin.__doc__
+    cls = type(name, (D2BackboneMixin, spec.backbone, Backbone),
+               {"__module__": __name__, "__qualname__": name, "__doc__": doc})
+    globals()[name] = cls
+    if name not in __all__:
+        __all__.append(name)
 
 
-class D2EfficientViTMSRA(D2BackboneMixin, EfficientViTMSRABackbone, Backbone):
-    family = "efficientvit_msra"
-    feature_strides = (16, 32, 64)
-    __doc__ = "EfficientViT (MSRA) as a Detectron2 backbone: ``res4``, ``res5``, ``res6``.\n" + D2BackboneMixin.__doc__
+on_register(_make_backbone_class)
 
 
-class D2EdgeViT(D2BackboneMixin, EdgeViTBackbone, Backbone):
-    family = "edgevit"
-    feature_strides = (4, 8, 16, 32)
-    __doc__ = "EdgeViT as a Detectron2 backbone: ``res2`` .. ``res5``.\n" + D2BackboneMixin.__doc__
+def backbone_class(family: str) -> type:
+    """The Detectron2 backbone class of a registered family (``'edgevit'`` -> :class:`D2EdgeViT`).
 
-
-class D2EfficientFormerV1(D2BackboneMixin, EfficientFormerV1Backbone, Backbone):
-    family = "efficientformer_v1"
-    feature_strides = (4, 8, 16, 32)
-    __doc__ = "EfficientFormer V1 as a Detectron2 backbone: ``res2`` .. ``res5``.\n" + D2BackboneMixin.__doc__
-
-
-class D2EfficientFormerV2(D2BackboneMixin, EfficientFormerV2Backbone, Backbone):
-    family = "efficientformer_v2"
-    feature_strides = (4, 8, 16, 32)
-    __doc__ = "EfficientFormer V2 as a Detectron2 backbone: ``res2`` .. ``res5``.\n" + D2BackboneMixin.__doc__
-
-
-BACKBONE_CLASSES = {cls.family: cls for cls in (D2EfficientViTMIT, D2EfficientViTMSRA, D2EdgeViT,
-                                                 D2EfficientFormerV1, D2EfficientFormerV2)}
-assert set(BACKBONE_CLASSES) == set(FAMILIES), "every family of convert.FAMILIES needs a Detectron2 class"
+    Raises:
+        ValueError: unknown family (the message lists the valid ones).
+    """
+    return globals()[get_family(family).d2_name]
 
 
 class UpsampleFPNBackbone(_Padding, UpsampleFPN, Backbone):
@@ -214,42 +211,34 @@ def _check_family(cfg, family: str) -> None:
         raise ValueError(
             f"MODEL.EFFVIT.FAMILY is {configured!r} but MODEL.BACKBONE.NAME is {cfg.MODEL.BACKBONE.NAME!r}, a "
             f"{family!r} builder. Use build_{configured}_backbone / _fpn_backbone / _retinanet_fpn_backbone, or "
-            f"set MODEL.EFFVIT.FAMILY to {family!r} (valid families: {', '.join(FAMILIES)}).")
+            f"set MODEL.EFFVIT.FAMILY to {family!r} (valid families: {', '.join(family_keys())}).")
 
 
 def backbone_kwargs(cfg, family: str) -> dict:
     """Constructor arguments of the family's Detectron2 backbone from ``cfg.MODEL.EFFVIT`` (options the family
     does not have must stay at their defaults; a clear error says so)."""
-    if family not in BACKBONE_CLASSES:
-        raise ValueError(f"Unknown model family {family!r} (MODEL.EFFVIT.FAMILY); valid: {', '.join(FAMILIES)}.")
+    try:
+        spec = get_family(family)
+    except ValueError as e:
+        raise ValueError(f"MODEL.EFFVIT.FAMILY: {e}") from None
+    _check_family(cfg, family)
     c = cfg.MODEL.EFFVIT
     if not c.ARCH:
-        arch_names = ", ".join(_arch_names(family))
-        raise ValueError(f"MODEL.EFFVIT.ARCH is not set; the {FAMILIES[family][1]} variants are: {arch_names}.")
+        raise ValueError(f"MODEL.EFFVIT.ARCH is not set; the {spec.title} variants are: "
+                         f"{', '.join(spec.arch_settings)}.")
     kwargs = dict(out_features=list(c.OUT_FEATURES), frozen_stages=c.FROZEN_STAGES, norm_eval=c.NORM_EVAL)
     optional = dict(drop_path_rate=(c.DROP_PATH_RATE, 0.0, "DROP_PATH_RATE"),
                     seg_resolution=(c.SEG_RESOLUTION or None, None, "SEG_RESOLUTION"),
                     layer_scale_init_value=(c.LAYER_SCALE_INIT_VALUE or None, None, "LAYER_SCALE_INIT_VALUE"))
-    accepted = inspect.signature(core_class(family).__init__).parameters
+    accepted = inspect.signature(spec.backbone.__init__).parameters
     for arg, (value, default, key) in optional.items():
         if value is None or value == default:
             continue
         if arg not in accepted:
-            raise ValueError(f"MODEL.EFFVIT.{key} = {value!r} is not an option of {FAMILIES[family][1]} (the "
+            raise ValueError(f"MODEL.EFFVIT.{key} = {value!r} is not an option of {spec.title} (the "
                              f"official model has no such setting); leave it at its default.")
         kwargs[arg] = value
     return kwargs
-
-
-def core_class(family: str) -> type:
-    """The framework-free core class under the family's Detectron2 backbone."""
-    return next(b for b in BACKBONE_CLASSES[family].__bases__ if issubclass(b, BackboneBase))
-
-
-def _arch_names(family: str) -> List[str]:
-    from ..convert import family_module
-
-    return list(family_module(family).ARCH_SETTINGS)
 
 
 def build_effvit_backbone(cfg, input_shape: Optional[ShapeSpec], family: str) -> Backbone:
@@ -257,18 +246,18 @@ def build_effvit_backbone(cfg, input_shape: Optional[ShapeSpec], family: str) ->
     kwargs = backbone_kwargs(cfg, family)
     in_channels = input_shape.channels if input_shape is not None and input_shape.channels else 3
     try:
-        return BACKBONE_CLASSES[family](cfg.MODEL.EFFVIT.ARCH, in_channels=in_channels, **kwargs)
+        return backbone_class(family)(cfg.MODEL.EFFVIT.ARCH, in_channels=in_channels, **kwargs)
     except ValueError as e:
         raise ValueError(f"MODEL.EFFVIT: {e}") from None
 
 
 def build_effvit_fpn_backbone(cfg, input_shape: Optional[ShapeSpec], family: str) -> Backbone:
     """Backbone + FPN for two-stage detectors / semantic FPN: outputs from stride 4 (``p2``) up, plus one coarser
-    level (``p6``: max pooling for Detectron2's FPN; EfficientViT-MSRA: its stride-64 stage)."""
+    level (``p6``: max pooling for Detectron2's FPN; a family with the upsampling neck: its stride-64 stage)."""
     bottom_up = build_effvit_backbone(cfg, input_shape, family)
     in_features = list(cfg.MODEL.FPN.IN_FEATURES)
     _check_in_features(bottom_up, in_features)
-    if family == "efficientvit_msra":
+    if get_family(family).upsample_neck:
         return UpsampleFPNBackbone(bottom_up, in_features, cfg.MODEL.FPN.OUT_CHANNELS, finest_stride=4,
                                    norm=cfg.MODEL.FPN.NORM)
     return FPN(bottom_up=bottom_up, in_features=in_features, out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
@@ -277,13 +266,13 @@ def build_effvit_fpn_backbone(cfg, input_shape: Optional[ShapeSpec], family: str
 
 def build_effvit_retinanet_fpn_backbone(cfg, input_shape: Optional[ShapeSpec], family: str) -> Backbone:
     """Backbone + FPN for RetinaNet: strides 8-128 (``p3``-``p7``), the two coarsest levels from stride-2 convs on
-    the last backbone map (EfficientViT-MSRA: stride 8 from a transposed conv, 128 from a conv on its stride-64
-    stage)."""
+    the last backbone map (a family with the upsampling neck, maps at strides 16-64: stride 8 from a transposed
+    conv, 128 from a conv on its stride-64 map)."""
     bottom_up = build_effvit_backbone(cfg, input_shape, family)
     in_features = list(cfg.MODEL.FPN.IN_FEATURES)
     _check_in_features(bottom_up, in_features)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    if family == "efficientvit_msra":
+    if get_family(family).upsample_neck:
         return UpsampleFPNBackbone(bottom_up, in_features, out_channels, finest_stride=8, num_extra_convs=1,
                                    norm=cfg.MODEL.FPN.NORM)
     last = in_features[-1]
@@ -298,25 +287,3 @@ def _check_in_features(bottom_up: Backbone, in_features: List[str]) -> None:
         raise ValueError(
             f"MODEL.FPN.IN_FEATURES {in_features} must be maps returned by the backbone; it returns "
             f"{bottom_up.out_features} (MODEL.EFFVIT.OUT_FEATURES; empty = every map of stride >= 4).")
-
-
-def _register(family: str) -> None:
-    for kind, fn in (("", build_effvit_backbone), ("_fpn", build_effvit_fpn_backbone),
-                     ("_retinanet_fpn", build_effvit_retinanet_fpn_backbone)):
-        name = f"build_{family}{kind}_backbone"
-
-        def builder(cfg, input_shape, _fn=fn, _family=family):
-            _check_family(cfg, _family)
-            return _fn(cfg, input_shape, _family)
-
-        builder.__name__ = builder.__qualname__ = name
-        builder.__doc__ = f"Detectron2 builder: {FAMILIES[family][1]} -- {fn.__doc__.splitlines()[0]}"
-        builder.__module__ = __name__
-        if name not in BACKBONE_REGISTRY:
-            BACKBONE_REGISTRY.register(builder)
-        globals()[name] = builder
-        __all__.append(name)
-
-
-for _family in FAMILIES:
-    _register(_family)

@@ -13,10 +13,11 @@ Detectron2 / fvcore checkpoints under torch >= 2.6 without ``weights_only=False`
   families -- an official release (any kind it published: ImageNet, segmentation, detection), one of our converted
   files or ``tools/convert_checkpoint.py --to detectron2`` output -- is loaded into the model's backbone through
   :func:`effvit_plugins.convert.load_backbone_weights`, the same strict code path as the OpenMMLab adapters
-  (converted on load, bias tables resized, a partial match is an error). The neck of an official
-  EfficientViT-MSRA detector loads into :class:`~effvit_plugins.detectron2.backbone.UpsampleFPNBackbone` when it
-  has the same levels. Everything else of the model keeps its initialisation (and Detectron2 logs it as not found
-  in the checkpoint, as for any ImageNet-pretrained backbone).
+  (converted on load, bias tables resized, a partial match is an error). The neck of an official detector of a
+  family with the upsampling neck (EfficientViT-MSRA) loads into
+  :class:`~effvit_plugins.detectron2.backbone.UpsampleFPNBackbone` when it has the same levels. Everything else of
+  the model keeps its initialisation (and Detectron2 logs it as not found in the checkpoint, as for any
+  ImageNet-pretrained backbone).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from ..checkpoint import (CONTAINER_GLOBALS, NUMPY_GLOBALS, NUMPY_PREFIXES, CheckpointError, load_allowlisted,
                           unwrap_state_dict)
-from ..convert import FAMILIES, convert_official, detect_family, load_backbone_weights
+from ..convert import convert_official, detect_family, load_backbone_weights
+from ..models.spec import family_keys, get_family
 from .backbone import D2BackboneMixin, UpsampleFPNBackbone
 
 __all__ = ["D2_ALLOWED_GLOBALS", "EffViTCheckpointer", "load_d2_checkpoint", "D2_AUTHOR", "BACKBONE_PREFIX"]
@@ -105,7 +107,7 @@ class EffViTCheckpointer(DetectionCheckpointer):
         if prefix is None and detect_family(sd) is None and not any(k.startswith("backbone.") for k in sd):
             raise CheckpointError(
                 f"{filename!r} is neither a checkpoint of this model (none of its first keys {list(sd)[:3]} is a "
-                f"model key) nor a weight file of a known family ({', '.join(FAMILIES)}). Nothing was loaded.")
+                f"model key) nor a weight file of a known family ({', '.join(family_keys())}). Nothing was loaded.")
         log = lambda m: logger.info(f"{type(backbone).__name__}: {m}")  # noqa: E731
         load_backbone_weights(backbone, filename, family, prefix=prefix, logger=log)
         bb_prefix = f"{name}." if name else ""
@@ -114,9 +116,10 @@ class EffViTCheckpointer(DetectionCheckpointer):
         return {"model": out, "__author__": D2_AUTHOR}
 
     def _official_neck(self, sd: dict, family: str, backbone_name: str) -> dict:
-        """The neck of an official EfficientViT-MSRA detector, under the model's UpsampleFPNBackbone keys (when
-        it has the same levels; otherwise a log line says why it was not loaded)."""
-        if family != "efficientvit_msra" or detect_family(sd) != family:
+        """The neck of an official detector of a family with the upsampling neck (``spec.upsample_neck``), under
+        the model's UpsampleFPNBackbone keys (when it has the same levels; otherwise a log line says why it was not
+        loaded)."""
+        if not get_family(family).upsample_neck or detect_family(sd) != family:
             return {}
         neck = {k[len("neck."):]: v for k, v in convert_official(sd, family)[1].items() if k.startswith("neck.")}
         fpn_name = backbone_name.rpartition(".")[0]

@@ -15,13 +15,13 @@ def add_effvit_config(cfg: CN) -> CN:
 
     ``MODEL.EFFVIT``:
 
-    * ``FAMILY``: ``efficientvit_mit``, ``efficientvit_msra``, ``edgevit``, ``efficientformer_v1`` or
-      ``efficientformer_v2``; must match the family of ``MODEL.BACKBONE.NAME`` (``build_<family>_backbone``,
-      ``build_<family>_fpn_backbone``, ``build_<family>_retinanet_fpn_backbone``); empty = the builder's family.
-    * ``ARCH``: the variant (``b0``..``b3``/``l0``..``l3``, ``m0``..``m5``, ``xxs``/``xs``/``s``, ``l1``/``l3``/``l7``,
-      ``s0``/``s1``/``s2``/``l``).
+    * ``FAMILY``: a family key (:func:`effvit_plugins.models.spec.family_keys`: ``efficientvit_mit``, ...); must
+      match the family of ``MODEL.BACKBONE.NAME`` (``build_<family>_backbone``, ``build_<family>_fpn_backbone``,
+      ``build_<family>_retinanet_fpn_backbone``); empty = the builder's family.
+    * ``ARCH``: the variant, a name of the family's variant table (``FamilySpec.arch_settings``: ``b1``, ``m4``,
+      ``xs``, ...).
     * ``OUT_FEATURES``: maps returned by the backbone, ``res{log2(stride)}`` (``res2`` = stride 4); empty = every
-      map of stride >= 4 (EfficientViT-MSRA: ``res4``, ``res5``, ``res6``).
+      map of stride >= 4 (a family with the upsampling neck, EfficientViT-MSRA: ``res4``, ``res5``, ``res6``).
     * ``FROZEN_STAGES``: -1 nothing, 0 the stem, k the stem and the first k stages (mmdet's meaning;
       Detectron2's ``MODEL.BACKBONE.FREEZE_AT`` is not used by these backbones).
     * ``NORM_EVAL``: keep every BatchNorm in eval mode while training (statistics fixed).

@@ -1,7 +1,8 @@
 """Detectron2 backbones of every family and variant: named maps, shapes, strides, padding, frozen stages, norm_eval,
-the registered builders, the config keys, the optimiser groups, equality with the mmdet backbones, and an import
-without OpenMMLab."""
+the registered builders, the config keys, the optimiser groups, equality with the mmdet backbones, an import
+without OpenMMLab, and a family registered at run time."""
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -12,19 +13,21 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from effvit_plugins.convert import FAMILIES, family_module
-from effvit_plugins.detectron2 import add_effvit_config, build_optimizer
-from effvit_plugins.mm import backbones as mm_backbones
+from effvit_plugins.detectron2 import add_effvit_config, backbone_class, build_optimizer
 from effvit_plugins.mm.necks import EfficientViTMSRAFPN
+from effvit_plugins.models import spec as family_spec
+from effvit_plugins.models.base import BackboneBase, resolve_arch
+from effvit_plugins.registry import MODELS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-VARIANTS = [(f, v) for f in FAMILIES for v in family_module(f).ARCH_SETTINGS]
-SMALLEST = {"efficientvit_mit": "b0", "efficientvit_msra": "m0", "edgevit": "xxs", "efficientformer_v1": "l1",
-            "efficientformer_v2": "s0"}
-DEFAULT_NAMES = {"efficientvit_mit": ["res2", "res3", "res4", "res5"], "efficientvit_msra": ["res4", "res5", "res6"]}
-MM_CLASS = {"efficientvit_mit": mm_backbones.EfficientViTMIT, "efficientvit_msra": mm_backbones.EfficientViTMSRA,
-            "edgevit": mm_backbones.EdgeViT, "efficientformer_v1": mm_backbones.EfficientFormerV1,
-            "efficientformer_v2": mm_backbones.EfficientFormerV2}
+FAMILIES = family_spec.families()
+KEYS = [s.key for s in FAMILIES]
+VARIANTS = [(s.key, v) for s in FAMILIES for v in s.arch_settings]
+
+
+def smallest(family):
+    """The family's first official variant (the smallest)."""
+    return family_spec.get_family(family).variants[0]
 
 
 def effvit_cfg(family, arch, **effvit):
@@ -49,7 +52,8 @@ def test_every_variant_names_shapes_and_strides(family, arch):
         bb = build("", effvit_cfg(family, arch), family)
         x = torch.empty(1, 3, 97, 131)
         out = bb(x)
-    names = DEFAULT_NAMES.get(family, ["res2", "res3", "res4", "res5"])
+    # every map of stride >= 4: res2..res5 (the upsampling-neck family: res4..res6)
+    names = [f"res{s.bit_length() - 1}" for s in family_spec.get_family(family).feature_strides if s >= 4]
     shapes = bb.output_shape()
     assert bb.out_features == list(shapes) == list(out) == names
     for n, s in shapes.items():
@@ -59,16 +63,17 @@ def test_every_variant_names_shapes_and_strides(family, arch):
     assert bb.padding_constraints == {"size_divisibility": bb.size_divisibility}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", KEYS)
 def test_fpn_builders(family):
-    """_fpn: P2-P6 (strides 4-64), _retinanet_fpn: P3-P7 (8-128); MSRA through its upsampling FPN from
-    res4-res6. Every level has MODEL.FPN.OUT_CHANNELS channels and the shape output_shape() gives."""
-    arch = SMALLEST[family]
-    msra = family == "efficientvit_msra"
+    """_fpn: P2-P6 (strides 4-64), _retinanet_fpn: P3-P7 (8-128); the upsampling-neck family (MSRA) through its
+    upsampling FPN from res4-res6. Every level has MODEL.FPN.OUT_CHANNELS channels and the shape output_shape()
+    gives."""
+    arch = smallest(family)
+    upsample = family_spec.get_family(family).upsample_neck
     for kind, in_features, levels in (("_fpn", ["res2", "res3", "res4", "res5"], range(2, 7)),
                                       ("_retinanet_fpn", ["res3", "res4", "res5"], range(3, 8))):
         cfg = effvit_cfg(family, arch)
-        cfg.MODEL.FPN.IN_FEATURES = ["res4", "res5", "res6"] if msra else in_features
+        cfg.MODEL.FPN.IN_FEATURES = ["res4", "res5", "res6"] if upsample else in_features
         cfg.MODEL.FPN.OUT_CHANNELS = 32
         with torch.device("meta"):
             fpn = build(kind, cfg, family)
@@ -79,33 +84,55 @@ def test_fpn_builders(family):
             assert s.stride == 2 ** int(n[1:]) and s.channels == 32
             assert tuple(out[n].shape) == (1, 32, -(-128 // s.stride), -(-256 // s.stride)), (kind, n)
         # padded to the coarsest backbone stride (Detectron2's FPN keeps it out of padding_constraints)
-        assert fpn.size_divisibility == (64 if msra else 32)
+        assert fpn.size_divisibility == (64 if upsample else 32)
         assert fpn.padding_constraints.get("size_divisibility", fpn.size_divisibility) == fpn.size_divisibility
-        if msra:
+        if upsample:
             assert type(fpn).__name__ == "UpsampleFPNBackbone"
         else:
             assert type(fpn.top_block).__name__ == ("LastLevelMaxPool" if kind == "_fpn" else "LastLevelP6P7")
 
 
-def test_every_family_has_three_registered_builders():
-    for family in FAMILIES:
-        for kind in ("", "_fpn", "_retinanet_fpn"):
-            assert f"build_{family}{kind}_backbone" in BACKBONE_REGISTRY
+@pytest.mark.parametrize("family", KEYS)
+def test_every_family_has_three_registered_builders(family):
+    import effvit_plugins.detectron2.builders as builders
+
+    for kind in ("", "_fpn", "_retinanet_fpn"):
+        name = f"build_{family}{kind}_backbone"
+        assert BACKBONE_REGISTRY.get(name) is getattr(builders, name)  # written out in builders.py
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", KEYS)
+def test_class_is_importable_by_name_and_picklable(family):
+    import effvit_plugins.detectron2 as d2
+    import effvit_plugins.detectron2.backbone as d2_backbone
+
+    spec = family_spec.get_family(family)
+    cls = backbone_class(family)
+    assert cls.__name__ == cls.__qualname__ == spec.d2_name and cls.__module__ == d2_backbone.__name__
+    assert getattr(d2, spec.d2_name) is getattr(d2_backbone, spec.d2_name) is cls and spec.d2_name in d2.__all__
+    assert issubclass(cls, spec.backbone) and family_spec.family_of(cls) is spec
+    assert pickle.loads(pickle.dumps(cls)) is cls
+    assert not hasattr(cls, "feature_strides")  # strides come from the core's feature_info
+
+
+def test_documented_class_names_import():
+    from effvit_plugins.detectron2 import D2EdgeViT, D2EfficientViTMIT  # noqa: F401 (documented names)
+
+    assert D2EdgeViT.__name__ == "D2EdgeViT" and D2EfficientViTMIT is backbone_class("efficientvit_mit")
+
+
+@pytest.mark.parametrize("family", KEYS)
 def test_frozen_stages_and_norm_eval(family):
-    bb = build("", effvit_cfg(family, SMALLEST[family], FROZEN_STAGES=1, NORM_EVAL=True), family)
+    bb = build("", effvit_cfg(family, smallest(family), FROZEN_STAGES=1, NORM_EVAL=True), family)
     frozen = {id(p) for m in bb.stem_modules() + bb.stage_modules()[:1] for p in m.parameters()}
     assert frozen
     for name, p in bb.named_parameters():
         assert p.requires_grad == (id(p) not in frozen), name
     bb.train()
     bns = [m for m in bb.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if family != "edgevit":  # EdgeViT has LayerNorms only besides its stem/patch-embedding BNs
-        assert bns
+    assert bns
     assert all(not m.training for m in bns)
-    bb2 = build("", effvit_cfg(family, SMALLEST[family]), family).train()
+    bb2 = build("", effvit_cfg(family, smallest(family)), family).train()
     assert all(p.requires_grad for p in bb2.parameters())
     assert all(m.training for m in bb2.modules())
 
@@ -161,19 +188,20 @@ def test_adamw_without_decay_on_norms_and_attention_biases():
         build_optimizer(cfg, bb)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", KEYS)
 def test_features_equal_the_mmdet_backbone(family, randomized):
-    """Same weights -> the same maps as effvit_plugins.mm's mmdet backbone (MSRA: also the upsampling FPN against
-    the mmdet neck EfficientViTMSRAFPN)."""
-    arch = SMALLEST[family]
+    """Same weights -> the same maps as effvit_plugins.mm's mmdet backbone (the upsampling-neck family, MSRA: also
+    the upsampling FPN against the mmdet neck EfficientViTMSRAFPN)."""
+    spec = family_spec.get_family(family)
+    arch = smallest(family)
     cfg = effvit_cfg(family, arch)
     cfg.MODEL.FPN.IN_FEATURES = ["res4", "res5", "res6"]
     cfg.MODEL.FPN.OUT_CHANNELS = 64
-    ours = build("_fpn", cfg, family) if family == "efficientvit_msra" else build("", cfg, family)
+    ours = build("_fpn", cfg, family) if spec.upsample_neck else build("", cfg, family)
     ours = randomized(ours).eval()
-    bottom_up = ours.bottom_up if family == "efficientvit_msra" else ours
+    bottom_up = ours.bottom_up if spec.upsample_neck else ours
     out_indices = [i for i, f in enumerate(bottom_up.feature_info) if f["reduction"] >= 4]
-    theirs = MM_CLASS[family](arch, out_indices=out_indices).eval()
+    theirs = MODELS.get(spec.name)(arch, out_indices=out_indices).eval()
     res = theirs.load_state_dict(bottom_up.state_dict(), strict=True)
     assert not res.missing_keys and not res.unexpected_keys
     x = torch.randn(2, 3, 96, 160)
@@ -184,7 +212,7 @@ def test_features_equal_the_mmdet_backbone(family, randomized):
         for (name, a), b in zip(got.items(), expected):
             assert b.abs().max() > 1e-3
             torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-        if family == "efficientvit_msra":
+        if spec.upsample_neck:
             neck = EfficientViTMSRAFPN(bottom_up.out_channels, 64, num_outs=5, num_extra_trans_convs=2).eval()
             neck.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("bottom_up.")},
                                  strict=True)
@@ -223,3 +251,110 @@ def test_imports_and_builds_without_openmmlab():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": ROOT})
     assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stderr[-3000:]
+
+
+def test_builder_name_taken_is_a_clear_error():
+    """A builder whose name is registered already (here: the built-in EdgeViT one) is refused with both names; the
+    same function imported again (pytest's importlib mode imports a module twice) is no error."""
+    import types
+
+    from effvit_plugins.detectron2 import builders, register_backbone
+
+    def build_edgevit_backbone(cfg, input_shape):
+        raise AssertionError("never called")
+
+    with pytest.raises(ValueError, match=r"'build_edgevit_backbone' is already registered in BACKBONE_REGISTRY by "
+                                         r"effvit_plugins\.detectron2\.builders\.build_edgevit_backbone\. Rename"):
+        register_backbone(build_edgevit_backbone)
+    original = builders.build_edgevit_backbone
+    again = types.FunctionType(original.__code__, original.__globals__, original.__name__)
+    again.__qualname__, again.__module__ = original.__qualname__, original.__module__
+    assert register_backbone(again) is again and BACKBONE_REGISTRY.get("build_edgevit_backbone") is original
+
+
+# -- a family registered at run time gets its Detectron2 class, and the shared builders build it ------------------
+TOY_ARCH = {"tiny": dict(widths=(8, 16, 24, 32))}
+
+
+class ToyBackbone(BackboneBase):
+    """Four stride-2 conv + BN + ReLU stages after a stride-2 stem: maps at strides 4, 8, 16, 32."""
+
+    FAMILY = "Toy"
+
+    def __init__(self, arch=None, in_channels=3, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False):
+        super().__init__()
+        widths = resolve_arch(arch, TOY_ARCH, self.FAMILY)["widths"]
+
+        def block(cin, cout):
+            return torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, 2, 1), torch.nn.BatchNorm2d(cout),
+                                       torch.nn.ReLU())
+
+        self.stem = block(in_channels, widths[0])
+        self.stages = torch.nn.ModuleList(block(a, b) for a, b in zip((widths[0],) + widths[:-1], widths))
+        self.init_contract(widths, (4, 8, 16, 32), [f"stages.{i}" for i in range(4)], in_channels, out_indices,
+                           frozen_stages, norm_eval)
+
+    def stem_modules(self):
+        return [self.stem]
+
+    def stage_modules(self):
+        return list(self.stages)
+
+    def feature_steps(self):
+        return [[self.stem, self.stages[0]]] + [[s] for s in self.stages[1:]]
+
+
+@pytest.fixture
+def toy_family():
+    """``register(feature_strides)``: the toy family under the key ``toy_d2`` (forgotten again after the test)."""
+    import effvit_plugins.detectron2.backbone as d2_backbone
+
+    registered = []
+
+    def register(feature_strides=(4, 8, 16, 32)):
+        spec = family_spec.register_family(family_spec.FamilySpec(
+            key="toy_d2", title="Toy", name="ToyD2", config_folder="toy", config_prefix="toy", backbone=ToyBackbone,
+            arch_settings=TOY_ARCH, feature_strides=feature_strides, convert=dict, key_signature=("toy_only.",),
+            paper=family_spec.Paper(authors="-", venue="-", arxiv="-", title="-", code="-")))
+        registered.append(spec)
+        return spec
+
+    yield register
+    for spec in registered:
+        family_spec.unregister_family(spec.key)
+        delattr(d2_backbone, spec.d2_name)
+        d2_backbone.__all__.remove(spec.d2_name)
+
+
+def test_family_registered_at_run_time(toy_family):
+    from effvit_plugins.detectron2 import (build_effvit_backbone, build_effvit_fpn_backbone,
+                                           build_effvit_retinanet_fpn_backbone)
+
+    toy_family()
+    cls = backbone_class("toy_d2")
+    assert cls.__name__ == "D2ToyD2" and issubclass(cls, ToyBackbone)
+    cfg = effvit_cfg("toy_d2", "tiny")
+    cfg.MODEL.FPN.OUT_CHANNELS = 16
+    x = torch.randn(1, 3, 64, 96)
+    bb = build_effvit_backbone(cfg, ShapeSpec(channels=3), "toy_d2")
+    assert type(bb) is cls and bb.family == "toy_d2"
+    out = bb(x)
+    assert list(out) == ["res2", "res3", "res4", "res5"]
+    assert [tuple(v.shape) for v in out.values()] == [(1, 8, 16, 24), (1, 16, 8, 12), (1, 24, 4, 6), (1, 32, 2, 3)]
+    again = pickle.loads(pickle.dumps(bb))
+    assert type(again) is cls and torch.equal(again(x)["res5"], out["res5"])
+    for build_fn, in_features, levels in ((build_effvit_fpn_backbone, ["res2", "res3", "res4", "res5"], range(2, 7)),
+                                          (build_effvit_retinanet_fpn_backbone, ["res3", "res4", "res5"],
+                                           range(3, 8))):
+        cfg.MODEL.FPN.IN_FEATURES = in_features
+        fpn = build_fn(cfg, ShapeSpec(channels=3), "toy_d2")
+        assert list(fpn(x)) == list(fpn.output_shape()) == [f"p{i}" for i in levels]
+    with pytest.raises(ValueError, match="MODEL.EFFVIT.ARCH is not set; the Toy variants are: tiny"):
+        build_effvit_backbone(effvit_cfg("toy_d2", ""), None, "toy_d2")
+
+
+def test_spec_strides_must_match_feature_info(toy_family):
+    toy_family(feature_strides=(2, 4, 8, 16))
+    with pytest.raises(ValueError, match=r"strides \[4, 8, 16, 32\] \(feature_info\), but its FamilySpec declares "
+                                         r"feature_strides=\(2, 4, 8, 16\)\. Correct"):
+        backbone_class("toy_d2")("tiny")

@@ -12,24 +12,26 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from effvit_plugins.checkpoint import CheckpointError
-from effvit_plugins.convert import FAMILIES, convert_official, family_module
+from effvit_plugins.convert import convert_official
 from effvit_plugins.detectron2 import EffViTCheckpointer, add_effvit_config, load_d2_checkpoint
+from effvit_plugins.models.spec import families, get_family
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# smallest variant's COCO Mask R-CNN config, and the wrapper key of the family's official release files
-CASES = {"efficientvit_mit": ("mask_rcnn_efficientvit_mit_b0_fpn_1x", "b0", "state_dict"),
-         "efficientvit_msra": ("mask_rcnn_efficientvit_msra_m0_upfpn_1x", "m0", "model"),
-         "edgevit": ("mask_rcnn_edgevit_xxs_fpn_1x", "xxs", None),
-         "efficientformer_v1": ("mask_rcnn_efficientformer_l1_fpn_1x", "l1", "model"),
-         "efficientformer_v2": ("mask_rcnn_efficientformerv2_s0_fpn_1x", "s0", "model")}
+# the wrapper keys the official release files use (or none); each family's file gets one of them in turn, so every
+# wrapper is tested
+WRAPPERS = ("state_dict", "model", None)
+CASES = [(spec.key, WRAPPERS[i % len(WRAPPERS)]) for i, spec in enumerate(families())]
+
+
+def mask_rcnn_config(spec, arch):
+    """The family's generated COCO Mask R-CNN config of ``arch``."""
+    return f"mask_rcnn_{spec.d2_token}_{arch}_{'upfpn' if spec.upsample_neck else 'fpn'}_1x"
 
 
 def official_file(family, arch, wrapper, path, randomized, official_classifier_layout):
     """An ImageNet classifier of the family saved in the official checkpoint layout (checked: the family's converter
     maps it back onto our classifier exactly)."""
-    mod = family_module(family)
-    (cls,) = [getattr(mod, n) for n in dir(mod) if n.endswith("Classifier") and not n.startswith("_")]
-    core = randomized(cls(arch))
+    core = randomized(get_family(family).classifier(arch))
     ours = core.state_dict()
     official = official_classifier_layout(family, core)
     _, back = convert_official(dict(official), family)
@@ -45,16 +47,18 @@ def model_of(name):
     return build_model(cfg)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_official_file_loads_through_model_weights(family, tmp_path, randomized, official_classifier_layout):
-    name, arch, wrapper = CASES[family]
+@pytest.mark.parametrize("family,wrapper", CASES, ids=[f for f, _ in CASES])
+def test_official_file_loads_through_model_weights(family, wrapper, tmp_path, randomized, official_classifier_layout):
+    spec = get_family(family)
+    arch = spec.variants[0]  # the smallest
+    name = mask_rcnn_config(spec, arch)
     path = str(tmp_path / f"official_{arch}.pth")
     expected = official_file(family, arch, wrapper, path, randomized, official_classifier_layout)
     model = model_of(name)
     backbone = model.backbone.bottom_up
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     EffViTCheckpointer(model).resume_or_load(path, resume=False)
-    dense_only = getattr(family_module(family), "NEW_IN_DENSE", ())
+    dense_only = spec.new_in_dense
     loaded, resized, kept = [], [], []
     for k, v in backbone.state_dict().items():
         if k in expected and expected[k].shape == v.shape:

@@ -15,6 +15,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from effvit_plugins.detectron2 import add_effvit_config
+from effvit_plugins.models.spec import families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 D2_CONFIGS = os.path.join(ROOT, "configs", "detectron2")
@@ -30,13 +31,14 @@ def rel(path):
 
 
 def test_config_inventory():
-    """Mask R-CNN + RetinaNet per variant (23), LVIS and Cityscapes per family (5), LazyConfig per Mask R-CNN
+    """Mask R-CNN + RetinaNet per official variant, LVIS and Cityscapes per family, LazyConfig per Mask R-CNN
     config, and every Base file used."""
     names = [rel(p) for p in YAML]
-    assert len([n for n in names if n.startswith("COCO-InstanceSegmentation/")]) == 23
-    assert len([n for n in names if n.startswith("COCO-Detection/")]) == 23
-    assert len([n for n in names if n.startswith("LVISv1-InstanceSegmentation/")]) == 5
-    assert len([n for n in names if n.startswith("Cityscapes-SemanticSegmentation/")]) == 5
+    n_variants, n_families = sum(len(s.variants) for s in families()), len(families())
+    assert len([n for n in names if n.startswith("COCO-InstanceSegmentation/")]) == n_variants
+    assert len([n for n in names if n.startswith("COCO-Detection/")]) == n_variants
+    assert len([n for n in names if n.startswith("LVISv1-InstanceSegmentation/")]) == n_families
+    assert len([n for n in names if n.startswith("Cityscapes-SemanticSegmentation/")]) == n_families
     assert sorted(os.path.basename(p)[:-3] for p in LAZY) == sorted(
         os.path.basename(n)[:-5] for n in names if n.startswith("COCO-InstanceSegmentation/"))
     used = {open(p).read().split('_BASE_: "')[1].split('"')[0] for p in YAML if "_BASE_" in open(p).read()}
