@@ -127,7 +127,7 @@ def test_readme_has_a_snippet_per_framework():
 
 
 @pytest.mark.parametrize("kind", ["mmdet", "mmseg", "mmpretrain"])
-def test_openmmlab_snippet_builds_and_its_channels_match(kind, tmp_path):
+def test_openmmlab_snippet_builds_and_its_channels_match(kind):
     from mmengine.config import Config
 
     from effvit_plugins.registry import MODELS
