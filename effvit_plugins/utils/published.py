@@ -1,4 +1,7 @@
-"""The published figures of the four families (``effvit_plugins/data/published_results.json``), one source each.
+"""The published figures of the model families (``effvit_plugins/data/published_results.json``), one source each.
+
+A row's ``family`` is a family key (:func:`effvit_plugins.models.spec.get_family`); the family's name and paper are
+in its spec, not here.
 
 Used by ``tools/paper_tables.py`` and by the tests that check our models against the official ones. A number is
 kept as the string its source printed (``"9.1"``, ``"0.079"``), so its rounding is known: :func:`within_rounding`

@@ -1,10 +1,12 @@
 """tools/paper_tables.py: published numbers from the one data file with their sources, our measured params/MACs,
-latency (PyTorch + onnxruntime) and the speed picture, flags beyond rounding, and the README section in sync."""
+latency (PyTorch + onnxruntime) and the speed picture, flags beyond rounding, and the generated section of
+docs/paper_tables.md in sync. The families, their titles and papers come from the family specs."""
 import json
 import os
 
 import pytest
 
+from effvit_plugins.models.spec import families, family_keys
 from effvit_plugins.utils import published as pub
 
 
@@ -16,7 +18,7 @@ def tables(load_tool):
 @pytest.fixture(scope="module")
 def all_results(tables):
     """Params/MACs of every variant (meta device; no latency)."""
-    fams = list(pub.load()["families"])
+    fams = family_keys()
     return tables.measure("classification", fams), tables.measure("segmentation", fams), fams
 
 
@@ -29,7 +31,7 @@ def test_data_file_has_a_source_for_every_number_and_every_shipped_config(repo_r
     assert sorted(r["config"] for s in ("classification", "segmentation") for r in data[s]) == shipped
     for section in ("classification", "segmentation", "detection"):
         for row in data[section]:
-            assert row["family"] in data["families"]
+            assert row["family"] in family_keys()
             for fig in list(pub.figures(row).values()) + list(pub.figures(row, "official_code").values()):
                 assert fig.source in data["sources"] and float(fig.text) > 0
 
@@ -75,13 +77,23 @@ def test_evaluated_accuracy_is_shown_only_where_given(all_results, tables):
     assert "| 82.100 [4] | not evaluated |" in md
 
 
-def test_readme_section_is_generated_by_the_tool(all_results, tables, repo_root):
+def test_every_family_with_published_rows_is_titled_from_its_spec(all_results, tables):
     cls, seg, fams = all_results
-    with open(os.path.join(repo_root, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    want = tables.readme_section(tables.render(cls, seg, fams, with_latency=False))
-    assert tables.current_section(readme, "README.md") == want, (
-        "README's paper-tables section is out of date: python tools/paper_tables.py --latency none --readme README.md")
+    md = tables.render(cls, seg, fams, with_latency=False)
+    shown = {r["family"] for s in ("classification", "segmentation", "detection") for r in pub.rows(s)}
+    for spec in families():
+        if spec.key in shown:
+            assert f"#### {spec.title} ({spec.paper.citation})" in md
+
+
+def test_doc_section_is_generated_by_the_tool(all_results, tables, repo_root):
+    cls, seg, fams = all_results
+    assert os.path.samefile(tables.DOC, os.path.join(repo_root, "docs", "paper_tables.md"))
+    with open(tables.DOC, encoding="utf-8") as f:
+        doc = f.read()
+    want = tables.doc_section(tables.render(cls, seg, fams, with_latency=False))
+    assert tables.current_section(doc, "docs/paper_tables.md") == want, (
+        "docs/paper_tables.md's generated section is out of date: python tools/paper_tables.py --latency none --doc")
 
 
 def test_latency_picture_and_markdown_for_one_family(tables, tmp_path, capsys):
@@ -98,14 +110,14 @@ def test_latency_picture_and_markdown_for_one_family(tables, tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10000
 
 
-def test_check_readme_fails_on_a_stale_section(tables, tmp_path, monkeypatch):
-    stale = tmp_path / "README.md"
+def test_check_doc_fails_on_a_stale_section(tables, tmp_path, monkeypatch):
+    stale = tmp_path / "paper_tables.md"
     stale.write_text(f"intro\n{tables.BEGIN}\nold table\n{tables.END}\nrest\n")
     monkeypatch.setattr(tables, "measure", lambda section, *a, **k: [])  # tables of nothing: fast
     with pytest.raises(SystemExit) as e:
-        tables.main(["--latency", "none", "--check-readme", str(stale), "--plot", "", "--markdown", ""])
+        tables.main(["--latency", "none", "--check-doc", str(stale), "--plot", "", "--markdown", ""])
     assert e.value.code == 1
-    tables.main(["--latency", "none", "--readme", str(stale), "--plot", "", "--markdown", ""])
+    tables.main(["--latency", "none", "--doc", str(stale), "--plot", "", "--markdown", ""])
     text = stale.read_text()
     assert text.startswith("intro\n") and text.endswith("\nrest\n") and "old table" not in text
-    tables.main(["--latency", "none", "--check-readme", str(stale), "--plot", "", "--markdown", ""])
+    tables.main(["--latency", "none", "--check-doc", str(stale), "--plot", "", "--markdown", ""])
