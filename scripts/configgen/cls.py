@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from .common import Generated, bases, comment, field, figures_of, out_channels, published_rows, published_text
-from .common import MARKER
+from .common import Generated, bases, field, figures_of, header, out_channels, published_rows, published_text
 
 LOSS = dict(type="LabelSmoothLoss", label_smooth_val=0.1, mode="original")
 
@@ -34,10 +33,8 @@ def generate(spec) -> Iterator[Generated]:
         crop = spec.crop_pct(v)
         figs = figures_of(published_rows("classification", spec, v, config=path), ("top1",))
         what = f"{spec.title} {v.upper()}" + (" (with distillation head)" if spec.cls_distillation else "")
-        text = "\n".join([
-            comment(f"{what} ImageNet-1k classifier at 224 (official head). Published: {published_text(figs)}."),
-            comment(f"Evaluation preprocessing as the official model: crop_pct {crop} (see the dataset base)."),
-            f"# {MARKER}", ""])
+        text = header(f"{what} ImageNet-1k classifier at 224 (official head). Published: {published_text(figs)}.",
+                      f"Evaluation preprocessing as the official model: crop_pct {crop} (see the dataset base).")
         text += bases([f"../_base_/mmpretrain/imagenet_224_crop{str(crop).replace('.', '')}.py",
                        "../_base_/mmpretrain/adamw_cosine_300e.py", "../_base_/mmpretrain/default_runtime.py"])
         text += "\n".join(["model = dict(", "    type='ImageClassifier',", field("backbone", backbone),

@@ -20,7 +20,7 @@ WIDTH = 116
 class Generated:
     """One generated config: where it goes, its text, and what the per-folder README says about it."""
 
-    path: str  # relative to the repository root ("configs/edgevit/...")
+    path: str  # relative to the repository root ("configs/<config_folder>/...")
     text: str
     spec: object  # the FamilySpec
     variant: str
@@ -38,7 +38,7 @@ def comment(text: str) -> str:
 
 
 def header(*paragraphs: str) -> str:
-    """The comment block every generated Python config starts with, the marker last."""
+    """The comment block every generated config starts with: the paragraphs wrapped, the marker last."""
     return "\n".join([comment(p) for p in paragraphs if p] + [f"# {MARKER}"]) + "\n"
 
 
@@ -152,9 +152,3 @@ def optimizer_summary(recipe) -> str:
     if recipe.warmup_iters:
         text += f", {recipe.warmup_iters}-iteration linear warm-up from {num(recipe.warmup_factor)}"
     return text
-
-
-def no_file_collision(files: Dict[str, str], path: str) -> None:
-    if path in files:
-        raise ValueError(f"the generator produced {path} twice (two families with the same config_folder and "
-                         f"config_prefix?)")

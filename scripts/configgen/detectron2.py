@@ -16,8 +16,7 @@ import dataclasses
 import math
 from typing import Dict, Iterator, List, Optional
 
-from .common import (Generated, MARKER, comment, figures_of, official_recipe, optimizer_summary, published_rows,
-                     published_text)
+from .common import Generated, figures_of, header, official_recipe, optimizer_summary, published_rows, published_text
 
 OUT = "configs/detectron2"
 
@@ -120,21 +119,21 @@ def yaml_block(tree: Dict[str, object], indent: int = 0) -> List[str]:
     return lines
 
 
-def weights_line(spec, variant: str) -> str:
+def weights_text(spec, variant: str) -> str:
     w = spec.weights_file(variant)
     if w is None:
-        return comment(f"ImageNet weights: none were released for {spec.title} (without MODEL.WEIGHTS the backbone "
-                       f"trains from scratch).")
-    return comment(f"ImageNet weights (recommended): MODEL.WEIGHTS {w} (the official file; tools/train_net.py "
-                   f"converts it on load).")
+        return (f"ImageNet weights: none were released for {spec.title} (without MODEL.WEIGHTS the backbone trains "
+                f"from scratch).")
+    return (f"ImageNet weights (recommended): MODEL.WEIGHTS {w} (the official file; tools/train_net.py converts it "
+            f"on load).")
 
 
 def render(spec, variant: str, task: D2Task, figs) -> str:
     neck = (f"the upsampling FPN (strides {task.min_stride}-{task.min_stride * 16})" if spec.upsample_neck
             else "FPN")
     rec_text, solver = recipe(spec, variant, task)
-    head = [comment(f"{task.title}; {spec.title} {variant.upper()} + {neck}."), comment(f"Recipe: {rec_text}."),
-            comment(f"Published: {published_text(figs)}."), weights_line(spec, variant), f"# {MARKER}"]
+    text = header(f"{task.title}; {spec.title} {variant.upper()} + {neck}.", f"Recipe: {rec_text}.",
+                  f"Published: {published_text(figs)}.", weights_text(spec, variant))
     model: Dict[str, object] = {"BACKBONE": {"NAME": f"build_{spec.key}{task.builder}_backbone"},
                                 "EFFVIT": {"FAMILY": spec.key, "ARCH": variant,
                                            **backbone_options(spec, variant, task)}}
@@ -143,7 +142,7 @@ def render(spec, variant: str, task: D2Task, figs) -> str:
     tree: Dict[str, object] = {"MODEL": model}
     if solver:
         tree["SOLVER"] = solver
-    return "\n".join(head + [f'_BASE_: "../{task.base}"'] + yaml_block(tree)) + "\n"
+    return text + "\n".join([f'_BASE_: "../{task.base}"'] + yaml_block(tree)) + "\n"
 
 
 def py_value(v) -> str:
@@ -162,14 +161,11 @@ def render_lazy(spec, variant: str) -> str:
 
     rec_text, solver = recipe(spec, variant, task)
     yaml_rel = "../" + yaml_path(spec, variant, task)[len(OUT) + 1:]
-    lines = [comment(f"LazyConfig of {yaml_rel} (for Detectron2's tools/lazyconfig_train_net.py): Mask R-CNN 1x, "
-                     f"COCO 2017; {spec.title} {variant.upper()}."),
-             comment(f"Recipe: {rec_text}."),
-             comment("ImageNet weights: train.init_checkpoint=<file written by tools/convert_checkpoint.py OFFICIAL "
-                     "OUT --to detectron2>." if spec.weights_file(variant) else
-                     "ImageNet weights: none were released."),
-             f"# {MARKER}",
-             "from detectron2.config import LazyCall as L",
+    text = header(f"LazyConfig of {yaml_rel} (for Detectron2's tools/lazyconfig_train_net.py): Mask R-CNN 1x, "
+                  f"COCO 2017; {spec.title} {variant.upper()}.", f"Recipe: {rec_text}.",
+                  "ImageNet weights: train.init_checkpoint=<file written by tools/convert_checkpoint.py OFFICIAL OUT "
+                  "--to detectron2>." if spec.weights_file(variant) else "ImageNet weights: none were released.")
+    lines = ["from detectron2.config import LazyCall as L",
              "",
              f"from effvit_plugins.detectron2 import {spec.d2_name}" + (", UpsampleFPNBackbone" if spec.upsample_neck
                                                                          else ""),
@@ -196,7 +192,7 @@ def render_lazy(spec, variant: str) -> str:
                   "\"attention_biases_seg\")}",
                   f"lr_multiplier.warmup_length = {solver['WARMUP_ITERS']} / train.max_iter",
                   f"lr_multiplier.warmup_factor = {solver['WARMUP_FACTOR']!r}"]
-    return "\n".join(lines) + "\n"
+    return text + "\n".join(lines) + "\n"
 
 
 def generate(spec) -> Iterator[Generated]:

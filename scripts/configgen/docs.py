@@ -83,7 +83,8 @@ def folder_readme(folder: str, entries: Sequence[Generated], complexity: Optiona
         if not rows:
             continue
         lines += [f"## {title}", ""]
-        metrics = list(dict.fromkeys(m for e in rows for m, _ in e.published if m not in ("params_M", "macs_G")))
+        found = {m for e in rows for m, _ in e.published} - {"params_M", "macs_G"}
+        metrics = [m for m in METRIC_NAMES if m in found]
         if framework == "mmpretrain":
             metrics = ["top1", "params_M", "macs_G"]
         cols = ["Config"] + [f"Published {METRIC_NAMES[m]}" for m in metrics] + (
@@ -92,7 +93,9 @@ def folder_readme(folder: str, entries: Sequence[Generated], complexity: Optiona
             cols.append(f"Ours: params / MACs ({counted})")
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for e in rows:
-            name = os.path.basename(e.path)
+            # Detectron2 configs by their path under configs/detectron2/ (the same name is in several folders)
+            name = os.path.relpath(e.path, "configs/detectron2") if framework == "detectron2" else \
+                os.path.basename(e.path)
             cells = [f"[`{name}`]({os.path.relpath(e.path, 'configs/' + folder)})"]
             cells += _published_cell(e, refs, metrics) if metrics else ["none published"]
             if framework != "detectron2":

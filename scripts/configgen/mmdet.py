@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator
 
-from .common import (Generated, MARKER, bases, comment, figures_of, fmt, model_block, official_recipe,
-                     optimizer_summary, out_channels, published_rows, published_text)
+from .common import (Generated, bases, figures_of, fmt, header, model_block, official_recipe, optimizer_summary,
+                     out_channels, published_rows, published_text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +95,8 @@ def render(spec, variant: str, kind: DetKind, dataset: str, figs) -> str:
                f"--cfg-options model.backbone.init_cfg.type=Pretrained model.backbone.init_cfg.checkpoint={w}"
                if w else f"ImageNet weights: none were released for {spec.title} (without init_cfg the backbone "
                          f"trains from scratch).")
-    text = "\n".join([
-        comment(f"{kind.title} 1x, {spec.title} {variant.upper()} + {neck_title}, {DATASETS[dataset]['title']}."),
-        comment(f"Recipe: {rec_text}."), comment(f"Published: {pub}."), comment(weights), f"# {MARKER}", ""])
+    text = header(f"{kind.title} 1x, {spec.title} {variant.upper()} + {neck_title}, {DATASETS[dataset]['title']}.",
+                  f"Recipe: {rec_text}.", f"Published: {pub}.", weights)
     data = DATASETS[dataset].get("base", kind.coco_data)
     text += bases([f"../_base_/mmdet/models/{kind.key}_{neck_token(spec)}.py", f"../_base_/mmdet/datasets/{data}.py",
                    "../_base_/mmdet/schedules/adamw_1x.py", "../_base_/mmdet/default_runtime.py"])

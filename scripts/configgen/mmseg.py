@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator
 
-from .common import (Generated, MARKER, bases, comment, core_default, field, figures_of, fmt, model_block, num,
-                     official_recipe, out_channels, published_rows, published_text)
+from .common import (Generated, bases, core_default, field, figures_of, fmt, header, model_block, num, official_recipe,
+                     out_channels, published_rows, published_text)
 
 # The registered name of the upsampling FPN (effvit_plugins/mm/necks.py)
 UPSAMPLE_NECK = "EfficientViTMSRAFPN"
@@ -92,7 +92,7 @@ def render_sem_fpn(spec, variant: str, dataset: str) -> str:
     if w:
         paragraphs.append(f"ImageNet init (the official file, converted on load): --cfg-options "
                           f"model.backbone.init_cfg.type=Pretrained model.backbone.init_cfg.checkpoint={w}")
-    text = "\n".join(comment(p) for p in paragraphs) + f"\n# {MARKER}\n"
+    text = header(*paragraphs)
     kw = sem_fpn_backbone(spec, variant)
     if variant != first:
         base_kw = sem_fpn_backbone(spec, first)
@@ -124,10 +124,8 @@ def render_sem_fpn(spec, variant: str, dataset: str) -> str:
 def render_seg_head(spec, variant: str, dataset: str, figs) -> str:
     head = spec.seg_head
     ds = SEG_HEAD_DATASETS[dataset]
-    text = "\n".join([
-        comment(f"{spec.title} {variant.upper()} + the official segmentation head, {ds['title']}. Published: "
-                f"{published_text(figs)}."),
-        comment(f"Head settings: the official ones ({head.source})."), f"# {MARKER}", ""])
+    text = header(f"{spec.title} {variant.upper()} + the official segmentation head, {ds['title']}. Published: "
+                  f"{published_text(figs)}.", f"Head settings: the official ones ({head.source}).")
     text += bases([f"../_base_/models/{head.model_base}.py", f"../_base_/datasets/{ds['base']}.py",
                    "../_base_/default_runtime.py", f"../_base_/schedules/{head.schedule}.py"])
     text += f"crop_size = {ds['crop']}\ndata_preprocessor = dict(size=crop_size)\n"
