@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from .base import BackboneBase, resolve_arch
-from .spec import FamilySpec, Paper, register_family
+from .spec import FamilySpec, Paper, Recipe, register_family
 from .layers import (DropPath, GroupNorm, LinearMlp, RelPosBias, biased_attention, conv_bn, distilled_logits,
                      drop_path_rates, resize_bias_tables_on_load, stem_conv_bn_act)
 
@@ -391,6 +391,18 @@ SPEC = register_family(FamilySpec(
     # "_seg" bias tables for the stride-32 token grid side, trained BatchNorm statistics, L7's detection layer scale
     seg_resolution={"det": 25, "seg": 16}, dense_layer_scale={"l7": 1e-6}, dense_norm_eval=False,
     det_variant="l1",
+    official_recipes={
+        "mask-rcnn": Recipe(
+            source="snap-research/EfficientFormer detection/configs/mask_rcnn_efficientformer_{v}_fpn_1x_coco.py",
+            lr=2e-4, weight_decay=1e-4, warmup_iters=500, warmup_factor=1e-6,
+            results="none published with the official code (snap-research/EfficientFormer detection/README has no "
+                    "results; the papers' COCO tables are not quoted here because they could not be checked)"),
+        "sem-fpn": Recipe(
+            source="snap-research/EfficientFormer segmentation/configs/sem_fpn/fpn_efficientformer_{v}_ade20k_40k.py",
+            lr=2e-4, weight_decay=1e-4,
+            results="none published in the official repo README (snap-research/EfficientFormer segmentation/README.md "
+                  "has no result table)"),
+    },
     cls_backbone_kwargs=dict(out_norm=False),  # the classifier has its own final norm
     cls_batch="8xb128", cls_crop_pct=0.95, cls_distillation=True,
     plot_family="EfficientFormer",

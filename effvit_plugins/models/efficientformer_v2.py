@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
-from .spec import FamilySpec, Paper, register_family
+from .spec import FamilySpec, Paper, Recipe, register_family
 from .efficientformer_v1 import (DistilledClsHead, _drop_path, convert_official_checkpoint,  # noqa: F401
                                  infer_arch as _infer_arch)
 from .layers import (ConvNormAct, RelPosBias, biased_attention, conv_bn, drop_path_rates,
@@ -372,6 +372,18 @@ SPEC = register_family(FamilySpec(
     # "_seg" bias tables for the input side in pixels, the ImageNet recipe's stochastic depth, trained BN statistics
     seg_resolution={"det": 800, "seg": 512}, dense_drop_path={v: r for v, r in OFFICIAL_DROP_PATH.items() if r},
     dense_norm_eval=False, det_variant="s2",
+    official_recipes={
+        "mask-rcnn": Recipe(
+            source="snap-research/EfficientFormer detection/configs/mask_rcnn_efficientformerv2_{v}_fpn_1x_coco.py",
+            lr=2e-4, weight_decay=0.05, warmup_iters=500, warmup_factor=1e-6,
+            results="none published with the official code (snap-research/EfficientFormer detection/README has no "
+                    "results; the papers' COCO tables are not quoted here because they could not be checked)"),
+        "sem-fpn": Recipe(
+            source="snap-research/EfficientFormer segmentation/configs/sem_fpn/fpn_efficientformerv2_{v}_ade20k_40k.py",
+            lr=2e-4, weight_decay=1e-4, min_lr=1e-6,
+            results="none published in the official repo README (snap-research/EfficientFormer segmentation/README.md "
+                  "has no result table)"),
+    },
     cls_drop_path={v: r for v, r in OFFICIAL_DROP_PATH.items() if r},
     cls_batch="8xb128", cls_crop_pct=0.95, cls_distillation=True,
     plot_family="EfficientFormer",

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
-from .spec import FamilySpec, Paper, register_family
+from .spec import FamilySpec, Paper, SegHead, register_family
 from .layers import (ConvNormAct, autocast_off, is_channels_last, like_memory_format, set_norm_eps, upsample,
                      use_channels_last)
 
@@ -581,6 +581,13 @@ def convert_official_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> Dict[
     return out
 
 
+def _seg_head_kwargs(variant: str, dataset: str) -> dict:
+    a = ARCH_SETTINGS[variant]
+    s = SERIES_DEFAULTS[a["series"]]
+    return dict(in_channels=[a["widths"][4], a["widths"][3], a["widths"][2]], **SEG_HEAD_SETTINGS[(variant, dataset)],
+                act=s["act"], norm_eps=s["eps"])
+
+
 def _cls_head_kwargs(variant: str) -> dict:
     a = ARCH_SETTINGS[variant]
     s = SERIES_DEFAULTS[a["series"]]
@@ -598,6 +605,10 @@ SPEC = register_family(FamilySpec(
     convert=convert_official_checkpoint, key_signature=OFFICIAL_KEY_SIGNATURE,
     imagenet_weights="efficientvit_{v}_r224.pt",
     dense_norm_eval=True, det_variant="b1",
+    seg_head=SegHead(model_base="efficientvit-seghead",
+                     config_name="efficientvit-seghead_efficientvit-{v}_8xb2-160k_{dataset}",
+                     schedule="adamw_cosine_160k", settings={k: _seg_head_kwargs(*k) for k in SEG_HEAD_SETTINGS},
+                     source="mit-han-lab/efficientvit applications/efficientvit_seg/README.md"),
     cls_head_kwargs=_cls_head_kwargs,
     cls_crop_pct=lambda a: 0.95 if a["series"] == "b" else 1.0,
     paper=Paper(authors="Cai et al.", venue="ICCV 2023", arxiv="2205.14756",

@@ -50,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
-from .spec import FamilySpec, Paper, register_family
+from .spec import FamilySpec, Paper, Recipe, register_family
 from .layers import (ConvNormAct, DropPath, distilled_logits, drop_path_rates, inference_cached,
                      relative_bias_index, resize_bias_tables_on_load)
 
@@ -549,6 +549,12 @@ SPEC = register_family(FamilySpec(
     convert=convert_official_checkpoint, key_signature=OFFICIAL_KEY_SIGNATURE,
     imagenet_weights="efficientvit_{v}.pth",
     dense_norm_eval=True, det_variant="m4",
+    # the official detection recipes (microsoft/Cream EfficientViT/downstream/configs/, for M4)
+    official_recipes={
+        task: Recipe(source=f"microsoft/Cream EfficientViT/downstream/configs/{name}_efficientvit_{{v}}_fpn_1x_coco.py",
+                     variants=("m4",), lr=1e-4, weight_decay=0.05, no_decay=("attention_biases",), warmup_iters=500,
+                     warmup_factor=0.001)
+        for task, name in (("retinanet", "retinanet"), ("mask-rcnn", "mask_rcnn"))},
     cls_backbone_kwargs=dict(img_size=224), cls_crop_pct=0.875,
     paper=Paper(authors="Liu et al.", venue="CVPR 2023", arxiv="2305.07027",
                 title="EfficientViT: Memory Efficient Vision Transformer with Cascaded Group Attention",

@@ -44,6 +44,46 @@ class Paper:
 
 
 @dataclasses.dataclass(frozen=True)
+class Recipe:
+    """An official training recipe of a dense-prediction task: the optimiser and schedule of an official config.
+
+    The config generator (``scripts/gen_configs.py``) writes it into the family's configs of that task (and names
+    ``source`` in their headers); configs of families without one use the generator's default recipe.
+    """
+
+    source: str  # the official config, "owner/name path" ("{v}": the variant)
+    lr: float
+    weight_decay: float
+    variants: Tuple[str, ...] = ()  # the variants it was published for (empty: every variant)
+    no_decay: Tuple[str, ...] = ()  # parameter-name fragments trained without weight decay
+    warmup_iters: int = 0  # linear warm-up from ``warmup_factor`` x lr
+    warmup_factor: float = 1.0
+    min_lr: float = 0.0  # the final lr of a poly schedule
+    results: str = ""  # what the official repository publishes with it (when the data file has no figure)
+
+    def applies_to(self, variant: str) -> bool:
+        return not self.variants or variant in self.variants
+
+    def source_of(self, variant: str) -> str:
+        return self.source.format(v=variant)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegHead:
+    """The family's own official segmentation head, with one setting per published (variant, dataset).
+
+    Its mmseg configs are ``configs/<config_folder>/<config_name>.py`` on ``configs/_base_/models/<model_base>.py``
+    (the backbone + head model) and ``configs/_base_/schedules/<schedule>.py``.
+    """
+
+    model_base: str
+    config_name: str  # "{v}": the variant, "{dataset}": the dataset token ("ade20k-512x512")
+    schedule: str
+    settings: Mapping[Tuple[str, str], Mapping[str, object]]  # (variant, dataset) -> decode-head arguments
+    source: str  # where the settings were published
+
+
+@dataclasses.dataclass(frozen=True)
 class FamilySpec:
     """Everything the project needs to know about a model family, in one place.
 
@@ -78,10 +118,14 @@ class FamilySpec:
         seg_resolution: ``{'det': R, 'seg': R}``: the ``seg_resolution`` argument of the official detection /
             segmentation backbones (empty: the family has no such argument).
         dense_drop_path: variant -> stochastic depth of the official dense backbones.
-        dense_layer_scale: variant -> ``layer_scale_init_value`` of the official detection backbones.
+        dense_layer_scale: variant -> ``layer_scale_init_value`` of the official dense backbones.
         dense_norm_eval: BatchNorm statistics stay at their ImageNet values in detection / segmentation configs.
         det_variant: the one variant of the family used where one per family is enough (LVIS, Cityscapes FPN
             in Detectron2, benchmarks).
+        official_recipes: task (``'retinanet'``, ``'mask-rcnn'``, ``'sem-fpn'``) -> the official :class:`Recipe`
+            of that task, where one was published.
+        seg_head: the family's own official segmentation head (:class:`SegHead`), or None (the family gets
+            Semantic FPN configs instead).
 
     Classification (mmpretrain ImageNet configs):
         cls_backbone_kwargs: extra backbone arguments of the ImageNet model (e.g. MSRA's ``img_size=224``).
@@ -121,6 +165,8 @@ class FamilySpec:
     dense_layer_scale: Mapping[str, float] = dataclasses.field(default_factory=dict)
     dense_norm_eval: bool = True
     det_variant: str = ""
+    official_recipes: Mapping[str, Recipe] = dataclasses.field(default_factory=dict)
+    seg_head: Optional[SegHead] = None
     cls_backbone_kwargs: Mapping[str, object] = dataclasses.field(default_factory=dict)
     cls_head_kwargs: Optional[Callable[[str], dict]] = None
     cls_drop_path: Mapping[str, float] = dataclasses.field(default_factory=dict)
@@ -143,6 +189,14 @@ class FamilySpec:
                              f"{', '.join(self.variants)}.")
         if not self.plot_family:
             object.__setattr__(self, "plot_family", self.title)
+        for task, recipe in self.official_recipes.items():
+            if not set(recipe.variants) <= set(self.variants):
+                raise ValueError(f"FamilySpec {self.key!r}: official_recipes[{task!r}] names variants "
+                                 f"{sorted(set(recipe.variants) - set(self.variants))} that are not in variants "
+                                 f"({', '.join(self.variants)}).")
+        if self.seg_head and not {v for v, _ in self.seg_head.settings} <= set(self.variants):
+            raise ValueError(f"FamilySpec {self.key!r}: seg_head.settings names variants that are not in variants "
+                             f"({', '.join(self.variants)}).")
         if list(self.feature_strides) != sorted(self.feature_strides):
             raise ValueError(f"FamilySpec {self.key!r}: feature_strides must increase, got {self.feature_strides}.")
 
@@ -184,7 +238,7 @@ class FamilySpec:
             kw["seg_resolution"] = self.seg_resolution[task]
         if self.dense_drop_path.get(variant):
             kw["drop_path_rate"] = self.dense_drop_path[variant]
-        if task == "det" and variant in self.dense_layer_scale:
+        if variant in self.dense_layer_scale:  # (the official detection and segmentation backbones alike)
             kw["layer_scale_init_value"] = self.dense_layer_scale[variant]
         if self.dense_norm_eval:
             kw["norm_eval"] = True

@@ -1,51 +1,40 @@
-"""The detection configs: generated and up to date, official recipes where they exist, consistent strides between
-backbone, neck and heads, the LVIS settings, and a header that names the recipe and the published result."""
-import glob
-import importlib.util
+"""The generated detection configs (scripts/configgen/mmdet.py): RetinaNet + Mask R-CNN on COCO for every variant
+of every family and Mask R-CNN on LVIS v1 for its det_variant, the family's official recipe where its spec has one,
+the official dense-backbone options, consistent strides between backbone, neck and heads, the LVIS settings, and a
+header that names the recipe and the published result (their staleness: tests/scripts/test_gen_configs.py)."""
 import os.path as osp
+import sys
 
 import pytest
 import torch
 from mmengine.config import Config
 
 import effvit_plugins  # noqa: F401
+from effvit_plugins.models.spec import families
 from effvit_plugins.registry import MODELS as OWN
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DET = sorted(glob.glob(osp.join(ROOT, "configs", "*", "retinanet_*.py"))
-             + glob.glob(osp.join(ROOT, "configs", "*", "mask-rcnn_*.py")))
-DET = [p for p in DET if "/demo/" not in p]
+sys.path.insert(0, osp.join(ROOT, "scripts"))
+import configgen  # noqa: E402
+from configgen.common import METRIC_NAMES, official_recipe  # noqa: E402
+
+DET = [g for g in configgen.generated() if g.framework == "mmdet"]
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("_gen_det", osp.join(ROOT, "scripts", "gen_det_configs.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_generated_and_up_to_date(capsys):
-    gen = _generator()
-    assert gen.main(["--check"]) == 0, capsys.readouterr().out
-    cfgs = gen.configs()
-    assert sorted(osp.join(ROOT, k) for k in cfgs if "/demo/" not in k) == DET
-    # every variant of every family: RetinaNet + Mask R-CNN on COCO, and LVIS for one variant per backbone type
-    variants = {(c["family"]["type"], c["variant"]) for c in cfgs.values() if not c.get("demo")}
-    assert len(variants) == 7 + 6 + 3 + 3 + 4
-    for fam, v in variants:
-        assert {(c["detector"], c["dataset"]) for c in cfgs.values()
-                if not c.get("demo") and (c["family"]["type"], c["variant"]) == (fam, v)} >= {
-            ("retinanet", "coco"), ("mask-rcnn", "coco")}
-    assert {c["family"]["type"] for c in cfgs.values() if c.get("dataset") == "lvis"} == {
-        "EfficientViTMIT", "EfficientViTMSRA", "EdgeViT", "EfficientFormerV1", "EfficientFormerV2"}
+def test_every_variant_and_the_lvis_variant():
+    for spec in families():
+        got = {(g.variant, g.task, g.dataset) for g in DET if g.spec is spec}
+        assert got == {(v, kind, "coco") for v in spec.variants for kind in ("retinanet", "mask-rcnn")} | {
+            (spec.det_variant, "mask-rcnn", "lvis")}, spec.key
 
 
 def _header(path):
     return "".join(line for line in open(path) if line.startswith("#"))
 
 
-@pytest.mark.parametrize("path", DET, ids=[osp.basename(p) for p in DET])
-def test_config_contents(path):
+@pytest.mark.parametrize("g", DET, ids=[osp.basename(g.path) for g in DET])
+def test_config_contents(g):
+    path = osp.join(ROOT, g.path)
     cfg = Config.fromfile(path)
     name, head = osp.basename(path), _header(path)
     assert "# Recipe:" in head and "# Published:" in head and cfg.default_scope == "mmdet"
@@ -72,23 +61,26 @@ def test_config_contents(path):
     opt = cfg.optim_wrapper.optimizer
     assert opt.type == "AdamW" and cfg.train_cfg.max_epochs == 12 and cfg.train_dataloader.batch_size == 2
     assert cfg.param_scheduler[1].milestones == [8, 11]
-    if bb.type == "EfficientViTMSRA" and bb.arch == "m4":
-        assert (opt.lr, opt.weight_decay, cfg.param_scheduler[0].end, cfg.param_scheduler[0].start_factor) == (
-            1e-4, 0.05, 500, 0.001)
-        assert cfg.optim_wrapper.paramwise_cfg == dict(custom_keys={"attention_biases": dict(decay_mult=0.0)})
-        assert bb.norm_eval  # the official downstream backbone keeps BN statistics frozen
-        if "coco" in name:
-            assert ("box AP 32.7" if name.startswith("retinanet") else "mask AP 31.0") in head
-    elif bb.type.startswith("EfficientFormer") and name.startswith("mask-rcnn"):
-        v1 = bb.type == "EfficientFormerV1"
-        assert (opt.lr, opt.weight_decay, cfg.param_scheduler[0].start_factor) == (2e-4, 1e-4 if v1 else 0.05, 1e-6)
-        assert "paramwise_cfg" not in cfg.optim_wrapper and "official (snap-research/EfficientFormer" in head
+    # the official dense backbone's options
+    assert {k: bb[k] for k in bb if k not in ("type", "arch", "out_indices")} == \
+        g.spec.dense_backbone_kwargs(g.variant, "det")
+    flat = " ".join(head.replace("#", " ").split())
+    recipe = official_recipe(g.spec, g.task, g.variant)
+    if recipe:  # the family's official recipe (spec.official_recipes) on the 1x schedule
+        assert (opt.lr, opt.weight_decay) == (recipe.lr, recipe.weight_decay)
+        assert (cfg.param_scheduler[0].end, cfg.param_scheduler[0].start_factor) == (
+            recipe.warmup_iters, recipe.warmup_factor)
+        assert cfg.optim_wrapper.get("paramwise_cfg", {}) == (
+            dict(custom_keys={k: dict(decay_mult=0.0) for k in recipe.no_decay}) if recipe.no_decay else {})
+        assert f"Recipe: official ({recipe.source_of(g.variant)})" in flat
     else:  # mmdet's standard AdamW recipe for transformer backbones
         assert (opt.lr, opt.weight_decay, cfg.param_scheduler[0].end) == (1e-4, 0.05, 1000)
         assert cfg.optim_wrapper.paramwise_cfg.norm_decay_mult == 0.0
-        assert "no official recipe exists" in head and "# Published: none published." in head
-    if bb.type.startswith("EfficientFormer"):
-        assert bb.seg_resolution == (25 if bb.type == "EfficientFormerV1" else 800)
+        assert "no official recipe exists" in head
+    for metric, figure in g.published:  # from effvit_plugins/data/published_results.json
+        assert f"Published: {METRIC_NAMES[metric]} {figure.text}" in flat
+    if not g.published:
+        assert "# Published: none published" in head
     # LVIS v1
     if "lvis-v1" in name:
         assert model.roi_head.bbox_head.num_classes == model.roi_head.mask_head.num_classes == 1203
@@ -100,20 +92,3 @@ def test_config_contents(path):
     else:
         head_cls = model.bbox_head if cfg.model.type == "RetinaNet" else model.roi_head.bbox_head
         assert head_cls.num_classes == 80 and cfg.test_evaluator.type == "CocoMetric"
-
-
-def test_readme_table_in_sync():
-    """README.md lists every detection config with its published result (the generator's table; the params / MACs
-    in its cells are checked against tools/get_flops.py by tests/tools/test_get_flops_det.py)."""
-    import re
-
-    gen = _generator()
-    with open(osp.join(ROOT, "README.md")) as f:
-        readme = gen.readme_table(f.read())
-    cell = re.escape(gen.COMPLEXITY_CELL).replace(r"\{params_m:\.1f\}", r"[\d.]+").replace(r"\{macs_g:\.1f\}",
-                                                                                          r"[\d.]+")
-    without_figures = re.sub(cell, "", readme)
-    assert without_figures == gen.table(gen.configs(), complexity=False), \
-        "README.md's detection table is out of date: run python scripts/gen_det_configs.py --readme"
-    for path in DET:
-        assert f"]({osp.relpath(path, ROOT)})" in readme, path

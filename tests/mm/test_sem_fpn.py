@@ -1,8 +1,8 @@
-"""Semantic FPN configs of EfficientFormer V1/V2, EdgeViT and EfficientViT-MSRA (ADE20K 512x512, Cityscapes):
-generated from the cores, params/MACs = the core backbone + mmseg's FPN/FPNHead (no published figures exist to
-compare with), inference at odd sizes through mmseg's API, tiny trainings through tools/train.py and
-evaluation through tools/test.py on the ADE20K-layout demo set (one of them learns: mIoU clearly above an
-untrained model's)."""
+"""Semantic FPN configs (ADE20K 512x512 and Cityscapes) of every family without its own segmentation head, generated
+from the specs (scripts/configgen/mmseg.py; their staleness: tests/scripts/test_gen_configs.py): params/MACs = the
+core backbone + mmseg's FPN/FPNHead (no published figures exist to compare with), inference at odd sizes through
+mmseg's API, tiny trainings through tools/train.py and evaluation through tools/test.py on the ADE20K-layout demo
+set (one of them learns: mIoU clearly above an untrained model's)."""
 import glob
 import importlib.util
 import os.path as osp
@@ -15,47 +15,62 @@ import torch
 import torch.nn as nn
 
 from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config, model_complexity
+from effvit_plugins.models.spec import families
 from effvit_plugins.utils.complexity import count_macs, count_params
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, "configs", "*", "fpn_*.py"))
-                 if osp.basename(osp.dirname(p)) != "demo")
-DEMO_CONFIG = osp.join(ROOT, "configs", "demo", "fpn_edgevit-xxs_1xb4-200iter_ade20k-demo-64x64.py")
-SMALLEST = {"EfficientFormerV1": "l1", "EfficientFormerV2": "s0", "EdgeViT": "xxs", "EfficientViTMSRA": "m0"}
+sys.path.insert(0, osp.join(ROOT, "scripts"))
+from configgen import mmseg as gen  # noqa: E402
 
-
-def _generator():
-    spec = importlib.util.spec_from_file_location("gen_sem_fpn_configs",
-                                                  osp.join(ROOT, "scripts", "gen_sem_fpn_configs.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+SEM_FPN = [s for s in families() if s.seg_head is None]  # the families with Semantic FPN configs
+CONFIGS = sorted(osp.join(ROOT, gen.sem_fpn_path(s, v, ds)) for s in SEM_FPN for v in s.variants
+                 for ds in gen.SEM_FPN_DATASETS)
+(DEMO_CONFIG,) = glob.glob(osp.join(ROOT, "configs", "demo", "fpn_*_ade20k-demo-*.py"))  # hand-written
+SMALLEST = {s.name: s.variants[0] for s in SEM_FPN}  # backbone type -> its first (smallest) variant
 
 
 def _cfg_of(btype, arch, dataset="ade20k"):
-    gen = _generator()
-    ((folder, stem),) = {(f, s) for t, f, s, _, _ in gen.families() if t == btype}
-    return osp.join(ROOT, "configs", folder, gen.config_name(stem, arch, dataset))
+    (spec,) = [s for s in SEM_FPN if s.name == btype]
+    return osp.join(ROOT, gen.sem_fpn_path(spec, arch, dataset))
 
 
 # ------------------------------------------------------------------------------------------------------------
-def test_one_generated_config_per_variant_and_dataset():
-    generated = _generator().all_configs()
-    assert sorted(osp.join(ROOT, "configs", rel) for rel in generated) == CONFIGS
-    assert len(CONFIGS) == 2 * (3 + 4 + 3 + 6)
-    for rel, text in generated.items():
+def test_one_config_per_variant_and_dataset():
+    assert CONFIGS == sorted(p for p in glob.glob(osp.join(ROOT, "configs", "*", "fpn_*.py"))
+                             if osp.basename(osp.dirname(p)) != "demo")
+    assert len(CONFIGS) == 2 * sum(len(s.variants) for s in SEM_FPN)
+    for path in CONFIGS:
         # OpenMMLab scheme: {algorithm}_{backbone}_{gpus}xb{batch}-{schedule}_{dataset}-{crop}.py
         assert re.fullmatch(r"fpn_[a-z0-9-]+_8xb[24]-40k_(ade20k-512x512|cityscapes-512x1024)\.py",
-                            osp.basename(rel))
-        with open(osp.join(ROOT, "configs", rel)) as f:
-            assert f.read() == text, f"configs/{rel} is stale: run scripts/gen_sem_fpn_configs.py"
-        header = " ".join(text.split("_base_")[0].replace("#", " ").split())
+                            osp.basename(path))
+        with open(path) as f:
+            header = " ".join(f.read().split("_base_")[0].replace("#", " ").split())
         assert "Published result: none published" in header and "Recipe" in header
+
+
+def test_default_recipe_is_the_schedule_base():
+    """The generator's default Semantic FPN recipe (written into no config) is the schedule base's."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(osp.join(ROOT, "configs", "_base_", "schedules", "adamw_poly_40k.py"))
+    d = gen.DEFAULT_SEM_FPN
+    assert (cfg.optim_wrapper.optimizer.lr, cfg.optim_wrapper.optimizer.weight_decay) == (d.lr, d.weight_decay)
+    assert cfg.param_scheduler[0].eta_min == d.min_lr
+
+
+@pytest.mark.parametrize("spec", [s for s in SEM_FPN if "sem-fpn" in s.official_recipes], ids=lambda s: s.key)
+def test_official_recipe(spec):
+    recipe = spec.official_recipes["sem-fpn"]
+    for v in spec.variants:
+        cfg = load_config(_cfg_of(spec.name, v))
+        opt = cfg.optim_wrapper.optimizer
+        assert (opt.lr, opt.weight_decay, cfg.param_scheduler[0].eta_min) == (
+            recipe.lr, recipe.weight_decay, recipe.min_lr)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[osp.basename(p)[4:-3] for p in CONFIGS])
 def test_params_and_macs_are_core_backbone_plus_mmseg_fpn(path, core_backbone_of):
-    """Whole segmentor = our core backbone + mmseg's FPN + FPNHead with the same channels (MSRA: + the two 2x2
+    """Whole segmentor = our core backbone + mmseg's FPN + FPNHead with the same channels (upsampling FPN: + the 2x2
     transposed convs and their 3x3 output convs) in params; in MACs as tools/get_flops.py counts them too
     (smallest variant of each family; the others differ only in the backbone)."""
     from mmseg.models.decode_heads import FPNHead
@@ -102,7 +117,8 @@ def test_params_and_macs_are_core_backbone_plus_mmseg_fpn(path, core_backbone_of
 
 
 def test_get_flops_cli_prints_the_same_figures(monkeypatch, capsys):
-    path = _cfg_of("EfficientViTMSRA", "m0")
+    spec = next((s for s in SEM_FPN if s.upsample_neck), SEM_FPN[0])  # the upsampling FPN if a family has it
+    path = _cfg_of(spec.name, spec.variants[0])
     monkeypatch.setattr(sys, "argv", ["tools/get_flops.py", path, "--shape", "512", "512"])
     _tool("get_flops").main()
     out = capsys.readouterr().out
@@ -113,7 +129,7 @@ def test_get_flops_cli_prints_the_same_figures(monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("btype,arch", [("EfficientFormerV1", "l1"), ("EfficientFormerV2", "s2")])
+@pytest.mark.parametrize("btype,arch", [(s.name, s.det_variant) for s in SEM_FPN if "sem-fpn" in s.official_recipes])
 def test_official_sem_fpn_checkpoint_converts_and_loads_exactly(btype, arch, ef_dense_roundtrip):
     cfg = load_config(_cfg_of(btype, arch))
     src, fresh, _, printed = ef_dense_roundtrip(cfg, {"mmseg_version": "0.19.0"})  # the official mmseg 0.x layout
@@ -126,9 +142,9 @@ def test_official_sem_fpn_checkpoint_converts_and_loads_exactly(btype, arch, ef_
 # ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("btype", sorted(SMALLEST))
 def test_inference_api_at_odd_sizes(btype):
-    """mmseg.apis.init_model/inference_model: full-size masks at the native sizes 97x131 and 512x512 (and for V2,
-    whose official code needs multiples of 32, at 97x131 through the config's test pipeline: resized to 512x704);
-    stride-4 logits at the odd size."""
+    """mmseg.apis.init_model/inference_model: full-size masks at the native sizes 97x131 and 512x512 and at 97x131
+    through the config's test pipeline (resized to 512x704: EfficientFormerV2's official code needs multiples of
+    32); stride-4 logits at the odd size."""
     from mmseg.apis import inference_model, init_model
 
     cfg = load_config(_cfg_of(btype, SMALLEST[btype]))
@@ -137,7 +153,7 @@ def test_inference_api_at_odd_sizes(btype):
     native = cfg.copy()
     native.test_pipeline = [dict(type="LoadImageFromFile"), dict(type="PackSegInputs")]
     rng = np.random.default_rng(0)
-    runs = [(native, (97, 131)), (native, (512, 512))] + ([(cfg, (97, 131))] if btype == "EfficientFormerV2" else [])
+    runs = [(native, (97, 131)), (native, (512, 512)), (cfg, (97, 131))]
     for pipeline_cfg, (h, w) in runs:
         seg.cfg = pipeline_cfg
         res = inference_model(seg, rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
@@ -146,7 +162,8 @@ def test_inference_api_at_odd_sizes(btype):
         assert torch.isfinite(res.seg_logits.data).all()
     with torch.no_grad():  # the network itself at the odd size
         out = seg(torch.randn(1, 3, 97, 131), mode="tensor")
-    assert tuple(out.shape) == ((1, 150, 25, 33) if btype != "EfficientViTMSRA" else (1, 150, 28, 36))
+    (spec,) = [s for s in SEM_FPN if s.name == btype]
+    assert tuple(out.shape) == ((1, 150, 28, 36) if spec.upsample_neck else (1, 150, 25, 33))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -196,7 +213,7 @@ def train_and_test(config, data_root, work, iters, capsys, train_opts=(), num_te
     return float(m.group(1))
 
 
-@pytest.mark.parametrize("btype", ["EfficientFormerV1", "EfficientFormerV2", "EfficientViTMSRA"])
+@pytest.mark.parametrize("btype", sorted(SMALLEST))
 def test_tiny_training_and_evaluation(btype, ade_demo, tmp_path, capsys):
     """Each family's ADE20K config trains through tools/train.py and evaluates through tools/test.py."""
     cfg = demo_config_for(_cfg_of(btype, SMALLEST[btype]), tmp_path)
@@ -217,7 +234,7 @@ def constant_prediction_miou(data_root):
 
 
 def test_demo_config_learns(ade_demo, tmp_path, capsys):
-    """The ADE20K demo config (EdgeViT-XXS) learns the demo scenes in 20 iterations: its mIoU is many times the
+    """The ADE20K demo config learns the demo scenes in 20 iterations: its mIoU is many times the
     best constant prediction's."""
     chance = constant_prediction_miou(ade_demo)
     assert 1.0 < chance < 8.0
@@ -228,7 +245,7 @@ def test_demo_config_learns(ade_demo, tmp_path, capsys):
 def test_missing_ade20k_is_one_clear_message(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no data/ here
     with pytest.raises(SystemExit) as e:
-        _tool("train").main([_cfg_of("EdgeViT", "xxs")])
+        _tool("train").main([_cfg_of(SEM_FPN[0].name, SEM_FPN[0].variants[0])])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("error:") == 1 and "Traceback" not in err
     for needle in ("missing data_root 'data/ade/ADEChallengeData2016'", "ADE20KDataset",

@@ -1,8 +1,8 @@
 """tools/train.py and tools/test.py on detection configs, end to end on the generated COCO / LVIS demo sets, on the
 CPU. The tools' ``main(argv)`` run in this process (their command lines, without one torch/mmdet import per run).
 
-For one small variant of each family, RetinaNet and Mask R-CNN are trained from scratch for a few dozen iterations
-with the backbone and neck settings of our COCO config (on the demo configs' data, schedule and narrow heads, fixed
+For the first (smallest) variant of each family, RetinaNet and Mask R-CNN are trained from scratch for a few dozen
+iterations with the backbone and neck settings of our COCO config (on the demo configs' data, schedule and narrow heads, fixed
 seed): the loss falls, tools/test.py prints bbox (and segm) mAP from pycocotools and draws boxes and masks, and the
 mAP is clearly above that of the same model untrained (evaluated with the same dataset and CocoMetric; an untrained
 detector's empty result counts as 0). The demo data is generated once per module.
@@ -17,18 +17,20 @@ import sys
 import pytest
 import torch
 
+from effvit_plugins.models.spec import families
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(ROOT, "scripts"))
+from configgen import mmdet as gen  # noqa: E402
+
 TRAIN = osp.join(ROOT, "tools", "train.py")
 TEST = osp.join(ROOT, "tools", "test.py")
-DEMO = {d: osp.join(ROOT, "configs", "demo", f"{d}_edgevit-xxs_fpn_1xb4-300iter_coco-demo-128x128.py")
+# the hand-written demo configs (data, schedule, narrow heads)
+DEMO = {d: glob.glob(osp.join(ROOT, "configs", "demo", f"{d}_*_coco-demo-*.py"))[0]
         for d in ("mask-rcnn", "retinanet")}
-# one small variant per family: the COCO config whose backbone + neck settings are trained
-FAMILIES = {
-    "efficientvit_mit": ("efficientvit_mit", "efficientvit-mit-b0_fpn"),
-    "efficientvit_msra": ("efficientvit_msra", "efficientvit-msra-m0_upfpn"),
-    "edgevit": ("edgevit", "edgevit-xxs_fpn"),
-    "efficientformer": ("efficientformer", "efficientformerv2-s0_fpn"),
-}
+KINDS = {k.key: k for k in gen.KINDS}
+# the first variant of every family: its COCO config's backbone + neck settings are trained
+FAMILIES = {s.key: s for s in families()}
 # batches of 4 images, AdamW lr 1e-3 after a 5-iteration warm-up, linear decay over the last 10. Measured on the
 # demo set: after 40 iterations Mask R-CNN reaches bbox mAP 0.09-0.28 except EfficientViT-MSRA-M0 (0.044; 0.158
 # after 60), RetinaNet 0.11 except EfficientViT-B0 (0.048; 0.066 after 60, 0.113 after 80)
@@ -61,9 +63,9 @@ def write_config(path, detector, family):
     ``ITERS[detector]`` iterations without validation (tools/test.py evaluates afterwards)."""
     from mmengine.config import Config
 
-    folder, stem = FAMILIES[family]
+    spec = FAMILIES[family]
     iters = ITERS[detector]
-    real = Config.fromfile(osp.join(ROOT, "configs", folder, f"{detector}_{stem}_8xb2-1x_coco.py"))
+    real = Config.fromfile(osp.join(ROOT, gen.config_path(spec, spec.variants[0], KINDS[detector], "coco")))
     backbone = dict(real.model.backbone.to_dict(), norm_eval=False)  # from scratch: BN statistics are trained
     neck = {k: v for k, v in real.model.neck.to_dict().items() if k != "_delete_"}
     neck["out_channels"] = 64  # the demo configs' width
@@ -163,7 +165,7 @@ def test_train_then_test_beats_untrained(detector, family, coco_demo, tmp_path, 
 # ----------------------------------------------------------------------------------------------------------------
 # LVIS v1: the real LVIS config (1203 classes, ClassBalancedDataset, LVISMetric) for a few iterations
 # ----------------------------------------------------------------------------------------------------------------
-LVIS_CONFIG = osp.join(ROOT, "configs", "edgevit", "mask-rcnn_edgevit-xs_fpn_sample1e-3_8xb2-ms-1x_lvis-v1.py")
+LVIS_CONFIG = osp.join(ROOT, gen.config_path(families()[0], families()[0].det_variant, KINDS["mask-rcnn"], "lvis"))
 LVIS_TINY = """
 _base_ = [{base!r}]
 # the LVIS config at demo scale: 128x128 images, fewer proposals / sampled RoIs / detections, 4 iterations

@@ -1,6 +1,7 @@
 """tools/get_flops.py on detection configs: backbone + neck params / MACs at 800x1333 (padded to 800x1344), counted
 on the meta device without any dataset. Every detection config found under configs/ is checked against an
-independent count: the backbone alone (FlopCounter on the meta device) plus the FPN written out analytically."""
+independent count: the backbone alone (FlopCounter on the meta device) plus the FPN written out analytically; the
+generated ones also against the figures of their folder's README (configs/<folder>/README.md)."""
 import glob
 import importlib.util
 import os
@@ -14,9 +15,15 @@ import torch
 from mmengine.config import Config
 
 import effvit_plugins  # noqa: F401
+from effvit_plugins.models.spec import families
 from effvit_plugins.utils.complexity import count_macs, count_params
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(ROOT, "scripts"))
+import configgen  # noqa: E402
+from configgen import docs  # noqa: E402
+
+GENERATED = {g.path: g for g in configgen.generated() if g.framework == "mmdet"}
 DET_CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, "configs", "**", "*.py"), recursive=True)
                      if f"{os.sep}_base_{os.sep}" not in p and f"{os.sep}demo{os.sep}" not in p
                      and not p.startswith(osp.join(ROOT, "configs", "detectron2", ""))
@@ -79,33 +86,26 @@ def backbone_count(bb_cfg):
 
 
 def test_configs_found():
-    assert len(DET_CONFIGS) >= 51  # RetinaNet + Mask R-CNN for all 23 variants, LVIS for 5
-
-
-def _generator():
-    spec = importlib.util.spec_from_file_location("_gen_det", osp.join(ROOT, "scripts", "gen_det_configs.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    # RetinaNet + Mask R-CNN for every variant, LVIS for one per family (+ hand-written ones)
+    assert len(DET_CONFIGS) >= sum(2 * len(s.variants) + 1 for s in families())
+    assert {osp.join(ROOT, p) for p in GENERATED} <= set(DET_CONFIGS)
 
 
 @pytest.fixture(scope="module")
-def readme_cells():
-    """README detection table: config path -> its cell."""
-    gen = _generator()
-    with open(osp.join(ROOT, "README.md")) as f:
-        rows = gen.readme_table(f.read()).splitlines()
-    cells = {}
-    for row in rows:
-        for cell in row.split(" | "):
-            m = re.search(r"\]\((configs/[^)]+\.py)\)", cell)
-            if m:
-                cells[m.group(1)] = (cell, gen.COMPLEXITY_CELL)
-    return cells
+def readme_rows():
+    """The rows of the folder READMEs: config path -> its row."""
+    rows = {}
+    for folder in {g.spec.config_folder for g in GENERATED.values()}:
+        with open(osp.join(ROOT, docs.readme_path(folder))) as f:
+            for line in f:
+                m = re.match(r"\| \[`[^`]+`\]\(([^)]+\.py)\)", line)
+                if m:
+                    rows[osp.normpath(osp.join("configs", folder, m.group(1)))] = line.strip()
+    return rows
 
 
 @pytest.mark.parametrize("path", DET_CONFIGS, ids=[osp.basename(p) for p in DET_CONFIGS])
-def test_backbone_and_neck_complexity(path, readme_cells):
+def test_backbone_and_neck_complexity(path, readme_rows):
     """tools/get_flops.py's count = the backbone alone + the FPN written out; the README shows the same figures."""
     cfg = Config.fromfile(path)
     got = _tool().detector_complexity(cfg, (800, 1333))
@@ -115,13 +115,16 @@ def test_backbone_and_neck_complexity(path, readme_cells):
     assert got["params"] == p_bb + p_neck
     assert got["macs"] == m_bb + m_neck
     assert got["total_params"] > got["params"]
-    cell, fmt = readme_cells[osp.relpath(path, ROOT)]
-    assert fmt.format(params_m=got["params"] / 1e6, macs_g=got["macs"] / 1e9) in cell, \
-        "README.md: run python scripts/gen_det_configs.py --readme"
+    rel = osp.relpath(path, ROOT)
+    if rel in GENERATED:
+        assert readme_rows[rel].endswith(f" {docs.ours((got['params'], got['macs']))} |"), \
+            f"configs/{GENERATED[rel].spec.config_folder}/README.md: run python scripts/gen_configs.py"
 
 
 def test_cli_without_dataset(tmp_path):
-    config = osp.join(ROOT, "configs", "efficientvit_msra", "retinanet_efficientvit-msra-m4_upfpn_8xb2-1x_coco.py")
+    # a RetinaNet config, on the upsampling FPN if a family has it
+    retinanets = [g for g in GENERATED.values() if g.task == "retinanet"]
+    config = osp.join(ROOT, next((g for g in retinanets if g.spec.upsample_neck), retinanets[0]).path)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, osp.join(ROOT, "tools", "get_flops.py"), config], cwd=str(tmp_path), env=env,
                        capture_output=True, text=True, timeout=300)  # cwd has no data/: nothing is read

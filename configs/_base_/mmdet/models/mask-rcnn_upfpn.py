@@ -1,5 +1,5 @@
-# Mask R-CNN for EfficientViT-MSRA (backbone strides 16/32/64): the official upsampling FPN (EfficientViTMSRAFPN)
-# with two transposed-conv levels (strides 4 and 8): strides 4-64.
+# Mask R-CNN for backbones with maps of strides 16/32/64 (FamilySpec.upsample_neck, e.g. EfficientViT-MSRA): the
+# official MSRA upsampling FPN (EfficientViTMSRAFPN) with two transposed-conv levels (strides 4 and 8): strides 4-64.
 _base_ = ['./mask-rcnn_fpn.py']
 model = dict(
     neck=dict(

@@ -1,5 +1,6 @@
-# RetinaNet for EfficientViT-MSRA (backbone strides 16/32/64): the official upsampling FPN (EfficientViTMSRAFPN) with
-# one transposed-conv level (stride 8) and a stride-2 conv on the last backbone map (stride 128): strides 8-128.
+# RetinaNet for backbones with maps of strides 16/32/64 (FamilySpec.upsample_neck, e.g. EfficientViT-MSRA): the
+# official MSRA upsampling FPN (EfficientViTMSRAFPN) with one transposed-conv level (stride 8) and a stride-2 conv on
+# the last backbone map (stride 128): strides 8-128.
 _base_ = ['./retinanet_fpn.py']
 model = dict(
     neck=dict(
