@@ -134,7 +134,15 @@ def _make_backbone_class(spec: FamilySpec) -> None:
         __all__.append(name)
 
 
-on_register(_make_backbone_class)
+def _forget_backbone_class(spec: FamilySpec) -> None:
+    """Remove the class of a family forgotten with :func:`~effvit_plugins.models.spec.unregister_family`."""
+    if spec.d2_name in globals():
+        del globals()[spec.d2_name]
+    if spec.d2_name in __all__:
+        __all__.remove(spec.d2_name)
+
+
+on_register(_make_backbone_class, _forget_backbone_class)
 
 
 def backbone_class(family: str) -> type:

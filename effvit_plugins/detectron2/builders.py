@@ -17,7 +17,7 @@ from typing import Callable
 
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from ..models.spec import _same_class
+from ..models.spec import same_class
 from .backbone import build_effvit_backbone, build_effvit_fpn_backbone, build_effvit_retinanet_fpn_backbone
 
 __all__ = ["register_backbone"]
@@ -34,7 +34,7 @@ def register_backbone(fn: Callable) -> Callable:
     name = fn.__name__
     if name in BACKBONE_REGISTRY:
         other = BACKBONE_REGISTRY.get(name)
-        if _same_class(other, fn):
+        if same_class(other, fn):
             return fn
         raise ValueError(
             f"Cannot register the Detectron2 backbone builder {fn.__module__}.{fn.__qualname__}: the name {name!r} "

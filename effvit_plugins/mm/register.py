@@ -35,7 +35,7 @@ import sys
 import types
 from typing import Dict, Sequence, Tuple
 
-from ..models.spec import FamilySpec, on_register
+from ..models.spec import FamilySpec, on_register, same_class
 from ..registry import MODELS as OWN_MODELS
 
 BACKBONE_LIBS = ("mmseg", "mmdet", "mmpretrain")
@@ -54,17 +54,11 @@ def _downstream_registries(names):
     return regs
 
 
-def _same_class(a, b) -> bool:
-    """Two class objects of the same definition (a module imported twice, e.g. by pytest's importlib mode)."""
-    return a is b or (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == (
-        getattr(b, "__module__", None), getattr(b, "__qualname__", None))
-
-
 def _register(cls, libs):
     name = cls.__name__
     for reg in [OWN_MODELS] + _downstream_registries(libs):
         existing = reg.module_dict.get(name)
-        if existing is not None and not _same_class(existing, cls):
+        if existing is not None and not same_class(existing, cls):
             raise KeyError(
                 f"effvit_plugins cannot register {name!r} in the {reg.scope}::{reg.name} registry: that name is "
                 f"already taken by {existing.__module__}.{existing.__qualname__}. Another package registers a "
@@ -120,6 +114,20 @@ def register_family_modules(spec: FamilySpec) -> None:
         _register(head_adapter(spec), HEAD_LIBS)
 
 
+def unregister_family_modules(spec: FamilySpec) -> None:
+    """Remove the OpenMMLab classes made for a family from the registries and their modules (the family was
+    forgotten with :func:`~effvit_plugins.models.spec.unregister_family`)."""
+    for (module_name, name), cls in list(_MADE.items()):
+        if name not in (spec.name, spec.head_name):
+            continue
+        for reg in [OWN_MODELS] + _downstream_registries(BACKBONE_LIBS + HEAD_LIBS):
+            if reg.module_dict.get(name) is cls:
+                del reg.module_dict[name]
+        if getattr(sys.modules[module_name], name, None) is cls:
+            delattr(sys.modules[module_name], name)
+        del _MADE[(module_name, name)]
+
+
 def register_all_modules() -> None:
     """Register the hand-written modules (importing their modules runs the decorators) and the modules of every
     model family, now and whenever a family is registered later."""
@@ -129,5 +137,5 @@ def register_all_modules() -> None:
     from . import necks  # noqa: F401
     if importlib.util.find_spec("mmseg") is not None:
         from . import seg_heads  # noqa: F401
-    on_register(register_family_modules)
+    on_register(register_family_modules, unregister_family_modules)
     _DONE = True

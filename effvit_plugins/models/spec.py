@@ -247,15 +247,17 @@ class FamilySpec:
 
 _SPECS: Dict[str, FamilySpec] = {}
 _LOADED = False
-_LISTENERS: List[Callable[[FamilySpec], None]] = []
+_LISTENERS: List[Tuple[Callable[[FamilySpec], None], Optional[Callable[[FamilySpec], None]]]] = []
 
 
-def on_register(callback: Callable[[FamilySpec], None]) -> None:
+def on_register(callback: Callable[[FamilySpec], None],
+                on_unregister: Optional[Callable[[FamilySpec], None]] = None) -> None:
     """Call ``callback(spec)`` for every family registered so far (built-in ones included) and for every family
-    registered later. The framework adapters use this to make their classes for each family (OpenMMLab backbone
-    and head adapters, Detectron2 backbones), so a family declared anywhere gets them without further edits."""
+    registered later; ``on_unregister(spec)`` when :func:`unregister_family` forgets one. The framework adapters use
+    this to make (and remove) their classes for each family (OpenMMLab backbone and head adapters, Detectron2
+    backbones), so a family declared anywhere gets them without further edits."""
     specs = families()  # built-in families load first, so each spec reaches the callback once
-    _LISTENERS.append(callback)
+    _LISTENERS.append((callback, on_unregister))
     for spec in specs:
         callback(spec)
 
@@ -268,24 +270,38 @@ def register_family(spec: FamilySpec) -> FamilySpec:
     """
     for other in _SPECS.values():
         if other.key == spec.key or other.name == spec.name:
-            if _same_class(other.backbone, spec.backbone):
+            if same_class(other.backbone, spec.backbone):
                 return other  # the same module imported again (e.g. pytest's importlib mode): keep the first
             what = "key" if other.key == spec.key else "name"
             raise ValueError(f"Cannot register model family {spec.key!r} ({spec.backbone.__qualname__}): its "
                              f"{what} {getattr(spec, what)!r} is already used by family {other.key!r} "
                              f"({other.backbone.__module__}.{other.backbone.__qualname__}). Pick another {what}.")
     _SPECS[spec.key] = spec
-    for callback in list(_LISTENERS):
-        callback(spec)
+    try:
+        for callback, _ in list(_LISTENERS):
+            callback(spec)
+    except Exception:
+        unregister_family(spec.key)  # nothing half-registered (e.g. a name another package already uses)
+        raise
     return spec
 
 
 def unregister_family(key: str) -> None:
-    """Forget a family registered with :func:`register_family` (for tests defining a temporary family)."""
-    _SPECS.pop(key, None)
+    """Forget a family registered with :func:`register_family`, and the adapters' classes made for it (for tests
+    defining a temporary family). Built-in families cannot be forgotten."""
+    spec = _SPECS.get(key)
+    if spec is None:
+        return
+    if spec.backbone.__module__ in BUILTIN_FAMILY_MODULES:
+        raise ValueError(f"{key!r} is a built-in model family; it cannot be unregistered.")
+    del _SPECS[key]
+    for _, forget in reversed(_LISTENERS):
+        if forget is not None:
+            forget(spec)
 
 
-def _same_class(a, b) -> bool:
+def same_class(a, b) -> bool:
+    """The same class, or the same definition imported twice (pytest's importlib mode imports modules again)."""
     return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 

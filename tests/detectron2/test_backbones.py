@@ -322,8 +322,7 @@ def toy_family():
     yield register
     for spec in registered:
         family_spec.unregister_family(spec.key)
-        delattr(d2_backbone, spec.d2_name)
-        d2_backbone.__all__.remove(spec.d2_name)
+        assert not hasattr(d2_backbone, spec.d2_name) and spec.d2_name not in d2_backbone.__all__
 
 
 def test_family_registered_at_run_time(toy_family):
