@@ -59,7 +59,8 @@ def test_get_flops_cli(repo_root):
 
 # ------------------------------------------------------------------------------------------------------------
 def official_seg_state_dict(model):
-    """Our mmseg state dict renamed to the official EfficientViT seg layout (architectures.md §1.8)."""
+    """Our mmseg state dict renamed to the official EfficientViT seg layout (the state dict of
+    mit-han-lab/efficientvit efficientvit/models/efficientvit/seg.py: ``backbone.*`` and ``head.*``)."""
     out = {}
     has_expand = model.decode_head.final_expand is not None
     for k, v in model.state_dict().items():
@@ -75,11 +76,12 @@ def official_seg_state_dict(model):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The SegHead's values: the official SegHead (mit-han-lab/efficientvit, efficientvit/models/efficientvit/seg.py, as
-# described in architectures.md §1.5 and §1.1) re-derived with plain torch.nn.functional ops on the official
+# The SegHead's values: the official SegHead (mit-han-lab/efficientvit, efficientvit/models/efficientvit/seg.py, with
+# the blocks of efficientvit/models/nn/ops.py) re-derived with plain torch.nn.functional ops on the official
 # checkpoint names, compared with our mmseg decode head through an EncoderDecoder built from our configs.
 # ------------------------------------------------------------------------------------------------------------
-# The official settings (architectures.md §1.5 table; acts and BN eps of the B / L series, §1.2), written out
+# The official settings (efficientvit/models/efficientvit/seg.py, efficientvit_seg_b0 ... _l2; acts and BN eps of the
+# B / L series: efficientvit/models/efficientvit/backbone.py and seg_model_zoo.py), written out
 # independently of SEG_HEAD_SETTINGS and of the configs.
 OFFICIAL_SEG_HEADS = {
     ("b0", "cityscapes"): dict(head_width=32, head_depth=1, expand_ratio=4, middle_op="mbconv", final_expand=4,

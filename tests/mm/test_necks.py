@@ -8,6 +8,7 @@ from mmdet.models.necks import FPN
 import effvit_plugins  # noqa: F401  (registration)
 from effvit_plugins.mm.necks import EfficientViTMSRAFPN
 from effvit_plugins.models.upsample_fpn import UpsampleFPN
+from effvit_plugins.testing import randomize_model
 
 IN_CH = [128, 256, 384]  # EfficientViT-MSRA M4, strides 16 / 32 / 64
 
@@ -15,17 +16,6 @@ IN_CH = [128, 256, 384]  # EfficientViT-MSRA M4, strides 16 / 32 / 64
 def feats(sizes=((13, 21), (7, 11), (4, 6)), channels=IN_CH, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(2, c, h, w, generator=g) for c, (h, w) in zip(channels, sizes)]
-
-
-def randomize(module, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -40,7 +30,7 @@ def randomize(module, seed=1):
 def test_equals_mmdet_fpn_without_transposed_levels(kwargs):
     """Same state dict keys as mmdet's FPN (strict load) and the same outputs."""
     ref = FPN(IN_CH, 256, **kwargs).eval()
-    randomize(ref)
+    randomize_model(ref, seed=1)
     ours = EfficientViTMSRAFPN(IN_CH, 256, **kwargs).eval()
     ours.load_state_dict(ref.state_dict(), strict=True)
     x = feats()
@@ -77,7 +67,7 @@ def test_official_detection_settings(detector):
     else:
         kw, strides = dict(num_outs=5, num_extra_trans_convs=2), [4, 8, 16, 32, 64]
     neck = EfficientViTMSRAFPN(IN_CH, 256, **kw).eval()
-    randomize(neck)
+    randomize_model(neck, seed=1)
     assert neck.out_strides([16, 32, 64]) == strides
     # a 160 x 224 image: backbone maps 10x14 / 5x7 / 3x4
     x = [f[:1] for f in feats(((10, 14), (5, 7), (3, 4)))]

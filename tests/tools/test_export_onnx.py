@@ -2,6 +2,7 @@
 export with BatchNorm folded and run in onnxruntime like PyTorch (dynamic models at two sizes); what cannot be
 exported fails clearly and writes nothing."""
 import os
+import sys
 
 import onnx
 import onnxruntime
@@ -10,15 +11,16 @@ import torch
 import torch.nn as nn
 
 from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config
+from effvit_plugins.models.spec import families
 from effvit_plugins.deploy import ExportError, export_onnx, fold_batchnorm, max_relative_error, unfolded_batchnorms
 
-SMALLEST = {  # config -> (export shape, dynamic)
-    "efficientvit_mit/efficientvit-mit-b0_8xb256_in1k.py": ((224, 224), True),
-    "efficientvit_msra/efficientvit-msra-m0_8xb256_in1k.py": ((224, 224), False),
-    "edgevit/edgevit-xxs_8xb256_in1k.py": ((224, 224), False),
-    "efficientformer/efficientformer-l1_8xb128_in1k.py": ((224, 224), False),
-    "efficientformer/efficientformerv2-s0_8xb128_in1k.py": ((224, 224), False),
-}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "scripts"))
+from configgen.cls import config_path  # noqa: E402
+
+# config -> (export shape, dynamic): each family's smallest classifier; the first family's also as a dynamic graph
+SMALLEST = {config_path(s, s.variants[0])[len("configs/"):]: ((224, 224), i == 0)
+            for i, s in enumerate(f for f in families() if f.cls_head is not None)}
 SEGMENTORS = ["efficientvit_mit/efficientvit-seghead_efficientvit-b0_8xb2-160k_cityscapes-1024x2048.py",
               "efficientvit_mit/efficientvit-seghead_efficientvit-b1_8xb2-160k_ade20k-512x512.py"]
 
@@ -117,7 +119,7 @@ def test_features_of_a_classifier_config_are_every_backbone_map(tmp_path, repo_r
     assert report.output_names == ["stride8", "stride32"] and not report.dynamic
 
 
-@pytest.mark.parametrize("rel", sorted(r for r in SMALLEST if "mit" not in r),
+@pytest.mark.parametrize("rel", sorted(r for r, (_, dynamic) in SMALLEST.items() if not dynamic),
                          ids=lambda r: os.path.basename(r).split("_")[0])
 def test_features_of_the_smallest_fixed_size_backbones(rel, tmp_path, repo_root, load_tool, bn_randomizer):
     """Every backbone map of each fixed-size family's smallest variant, BN folded, equals PyTorch in onnxruntime
