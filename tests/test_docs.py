@@ -137,9 +137,10 @@ def test_openmmlab_snippet_builds_and_its_channels_match(kind):
         backbone = MODELS.build(cfg.model.backbone)
     if kind == "mmpretrain":
         assert cfg.model.head.in_channels == backbone.out_channels[-1]
+        from mmengine.registry import DefaultScope
         from mmpretrain.registry import MODELS as PRETRAIN_MODELS
 
-        with torch.device("meta"):
+        with torch.device("meta"), DefaultScope.overwrite_default_scope("mmpretrain"):
             PRETRAIN_MODELS.build(cfg.model)
     else:
         assert list(cfg.model.neck.in_channels) == backbone.out_channels

@@ -126,6 +126,7 @@ def test_contract(toy, tmp_path):
 
 def test_registered_in_every_openmmlab_library(toy):
     from mmdet.registry import MODELS as DET
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS as PRETRAIN
     from mmseg.registry import MODELS as SEG
 
@@ -134,10 +135,12 @@ def test_registered_in_every_openmmlab_library(toy):
     from effvit_plugins.registry import MODELS as OWN
 
     for reg in (DET, SEG, PRETRAIN, OWN):
-        bb = reg.build(dict(type="ToyNet", arch="t1", out_indices=(1, 3)))
+        with DefaultScope.overwrite_default_scope(reg.scope):  # (another test may have set another default scope)
+            bb = reg.build(dict(type="ToyNet", arch="t1", out_indices=(1, 3)))
         assert type(bb) is ToyNet and isinstance(bb, ToyNetBackbone)
         assert [o.shape[1:] for o in bb(torch.zeros(1, 3, 64, 64))] == [(16, 8, 8), (48, 2, 2)]
-    head = PRETRAIN.build(dict(type="ToyNetClsHead", in_channels=48, num_classes=5))
+    with DefaultScope.overwrite_default_scope("mmpretrain"):
+        head = PRETRAIN.build(dict(type="ToyNetClsHead", in_channels=48, num_classes=5))
     assert type(head) is ToyNetClsHead and head((torch.zeros(2, 48, 2, 2),)).shape == (2, 5)
 
 

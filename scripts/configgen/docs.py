@@ -21,8 +21,9 @@ SECTIONS = (  # (framework, title, what our params / MACs count)
     ("mmseg", "Semantic segmentation (mmseg)", "the whole segmentor at the dataset's evaluation size"),
     ("detectron2", "Detectron2", ""),
 )
-TASK_TITLES = {"cls": "ImageNet", "retinanet": "RetinaNet", "mask-rcnn": "Mask R-CNN", "sem-fpn": "Semantic FPN",
-               "seg-head": "official seg head"}
+TASK_TITLES = {  # the model-zoo table's task names (short: README lines stay under 200 characters)
+               "cls": "ImageNet", "retinanet": "RetinaNet", "mask-rcnn": "Mask R-CNN", "sem-fpn": "Sem. FPN",
+               "seg-head": "SegHead"}
 
 Complexity = Callable[[Generated], Tuple[int, int]]
 
@@ -110,7 +111,7 @@ def folder_readme(folder: str, entries: Sequence[Generated], complexity: Optiona
 def model_zoo(entries: Sequence[Generated]) -> str:
     """The README.md model-zoo table: one row per family (paper, variants, configs per task, link)."""
     specs = _families(entries)
-    lines = ["| Family | Paper | Variants | Configs | |", "|---|---|---|---|---|"]
+    lines = ["| Family (configs, results) | Paper | Variants | Configs per task |", "|---|---|---|---|"]
     for s in specs:
         own = [e for e in entries if e.spec is s]
         counts: Dict[str, int] = {}
@@ -118,9 +119,8 @@ def model_zoo(entries: Sequence[Generated]) -> str:
             key = "Detectron2" if e.framework == "detectron2" else TASK_TITLES[e.task]
             counts[key] = counts.get(key, 0) + 1
         tasks = ", ".join(f"{k} {n}" for k, n in counts.items())
-        lines.append(f"| {s.title} | [{s.paper.citation}](https://arxiv.org/abs/{s.paper.arxiv}) "
-                     f"({code_link(s.paper)}) | {', '.join(s.variants)} | {tasks} | "
-                     f"[configs](configs/{s.config_folder}/README.md) |")
+        lines.append(f"| [{s.title}]({readme_path(s.config_folder)}) | [{s.paper.venue}](https://arxiv.org/abs/"
+                     f"{s.paper.arxiv}) | {' '.join(s.variants)} | {tasks} |")
     return "\n".join(lines)
 
 
