@@ -3,6 +3,7 @@ variant table, no file of the package edited -- passes the backbone contract, is
 mmpretrain and in Detectron2 (backbone, FPN and RetinaNet builders), loads its "official" checkpoint layout, and
 gets its configs from the config generator in a dry run; the generated configs build and run in each framework."""
 import os
+import pickle
 import sys
 
 import pytest
@@ -179,10 +180,35 @@ def test_detectron2_builders(toy):
     for name, maps in expected.items():
         cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"] if "retinanet" in name else ["res2", "res3", "res4", "res5"]
         model = BACKBONE_REGISTRY.get(name)(cfg, ShapeSpec(channels=3))
-        assert isinstance(getattr(model, "bottom_up", model), D2ToyNet)
+        assert type(getattr(model, "bottom_up", model)) is D2ToyNet and D2ToyNet.__module__ == \
+            "effvit_plugins.detectron2.backbone"
         out = model(x)
-        assert list(out) == maps
+        assert list(out) == list(model.output_shape()) == maps
         assert [out[m].shape[-1] for m in maps] == [128 // model.output_shape()[m].stride for m in maps]
+    again = pickle.loads(pickle.dumps(model))
+    assert torch.equal(again(x)["p7"], model(x)["p7"])
+    cfg.MODEL.EFFVIT.ARCH = ""
+    with pytest.raises(ValueError, match="MODEL.EFFVIT.ARCH is not set; the ToyNet variants are: t0, t1"):
+        BACKBONE_REGISTRY.get("build_toynet_backbone")(cfg, None)
+
+
+def test_spec_strides_must_match_feature_info(toy):
+    """A spec whose feature_strides disagree with what its backbone builds is refused when the backbone is built."""
+    import dataclasses
+
+    from effvit_plugins.detectron2 import backbone_class
+
+    class WrongStrides(ToyNetBackbone):
+        pass
+
+    wrong = register_family(dataclasses.replace(toy, key="toynet_wrong", name="ToyNetWrong", backbone=WrongStrides,
+                                                feature_strides=(2, 4, 8, 16)))
+    try:
+        with pytest.raises(ValueError, match=r"strides \[4, 8, 16, 32\] \(feature_info\), but its FamilySpec "
+                                             r"declares feature_strides=\(2, 4, 8, 16\)\. Correct"):
+            backbone_class("toynet_wrong")("t0")
+    finally:
+        unregister_family(wrong.key)
 
 
 # ---- the generated configs (dry run: nothing is written into the repository) ----------------------------------

@@ -337,15 +337,17 @@ def get_family(key: str) -> FamilySpec:
 
 
 def family_of(obj) -> FamilySpec:
-    """The spec of a backbone class or instance (an adapter subclass of a core works too).
+    """The spec of a backbone class or instance (an adapter subclass of a core works too). Where one family's
+    backbone subclasses another's, the most specific one (first in the class's MRO) is the answer.
 
     Raises:
         ValueError: the class is not a registered family's backbone.
     """
     cls = obj if isinstance(obj, type) else type(obj)
-    for spec in families():
-        if issubclass(cls, spec.backbone):
-            return spec
+    by_backbone = {spec.backbone: spec for spec in families()}
+    for base in cls.__mro__:
+        if base in by_backbone:
+            return by_backbone[base]
     raise ValueError(f"{cls.__qualname__} is not the backbone of a registered model family "
                      f"({', '.join(family_keys())}).")
 

@@ -16,7 +16,6 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from effvit_plugins.detectron2 import add_effvit_config, backbone_class, build_optimizer
 from effvit_plugins.mm.necks import EfficientViTMSRAFPN
 from effvit_plugins.models import spec as family_spec
-from effvit_plugins.models.base import BackboneBase, resolve_arch
 from effvit_plugins.registry import MODELS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -270,90 +269,3 @@ def test_builder_name_taken_is_a_clear_error():
     again = types.FunctionType(original.__code__, original.__globals__, original.__name__)
     again.__qualname__, again.__module__ = original.__qualname__, original.__module__
     assert register_backbone(again) is again and BACKBONE_REGISTRY.get("build_edgevit_backbone") is original
-
-
-# -- a family registered at run time gets its Detectron2 class, and the shared builders build it ------------------
-TOY_ARCH = {"tiny": dict(widths=(8, 16, 24, 32))}
-
-
-class ToyBackbone(BackboneBase):
-    """Four stride-2 conv + BN + ReLU stages after a stride-2 stem: maps at strides 4, 8, 16, 32."""
-
-    FAMILY = "Toy"
-
-    def __init__(self, arch=None, in_channels=3, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False):
-        super().__init__()
-        widths = resolve_arch(arch, TOY_ARCH, self.FAMILY)["widths"]
-
-        def block(cin, cout):
-            return torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, 2, 1), torch.nn.BatchNorm2d(cout),
-                                       torch.nn.ReLU())
-
-        self.stem = block(in_channels, widths[0])
-        self.stages = torch.nn.ModuleList(block(a, b) for a, b in zip((widths[0],) + widths[:-1], widths))
-        self.init_contract(widths, (4, 8, 16, 32), [f"stages.{i}" for i in range(4)], in_channels, out_indices,
-                           frozen_stages, norm_eval)
-
-    def stem_modules(self):
-        return [self.stem]
-
-    def stage_modules(self):
-        return list(self.stages)
-
-    def feature_steps(self):
-        return [[self.stem, self.stages[0]]] + [[s] for s in self.stages[1:]]
-
-
-@pytest.fixture
-def toy_family():
-    """``register(feature_strides)``: the toy family under the key ``toy_d2`` (forgotten again after the test)."""
-    import effvit_plugins.detectron2.backbone as d2_backbone
-
-    registered = []
-
-    def register(feature_strides=(4, 8, 16, 32)):
-        spec = family_spec.register_family(family_spec.FamilySpec(
-            key="toy_d2", title="Toy", name="ToyD2", config_folder="toy", config_prefix="toy", backbone=ToyBackbone,
-            arch_settings=TOY_ARCH, feature_strides=feature_strides, convert=dict, key_signature=("toy_only.",),
-            paper=family_spec.Paper(authors="-", venue="-", arxiv="-", title="-", code="-")))
-        registered.append(spec)
-        return spec
-
-    yield register
-    for spec in registered:
-        family_spec.unregister_family(spec.key)
-        assert not hasattr(d2_backbone, spec.d2_name) and spec.d2_name not in d2_backbone.__all__
-
-
-def test_family_registered_at_run_time(toy_family):
-    from effvit_plugins.detectron2 import (build_effvit_backbone, build_effvit_fpn_backbone,
-                                           build_effvit_retinanet_fpn_backbone)
-
-    toy_family()
-    cls = backbone_class("toy_d2")
-    assert cls.__name__ == "D2ToyD2" and issubclass(cls, ToyBackbone)
-    cfg = effvit_cfg("toy_d2", "tiny")
-    cfg.MODEL.FPN.OUT_CHANNELS = 16
-    x = torch.randn(1, 3, 64, 96)
-    bb = build_effvit_backbone(cfg, ShapeSpec(channels=3), "toy_d2")
-    assert type(bb) is cls and bb.family == "toy_d2"
-    out = bb(x)
-    assert list(out) == ["res2", "res3", "res4", "res5"]
-    assert [tuple(v.shape) for v in out.values()] == [(1, 8, 16, 24), (1, 16, 8, 12), (1, 24, 4, 6), (1, 32, 2, 3)]
-    again = pickle.loads(pickle.dumps(bb))
-    assert type(again) is cls and torch.equal(again(x)["res5"], out["res5"])
-    for build_fn, in_features, levels in ((build_effvit_fpn_backbone, ["res2", "res3", "res4", "res5"], range(2, 7)),
-                                          (build_effvit_retinanet_fpn_backbone, ["res3", "res4", "res5"],
-                                           range(3, 8))):
-        cfg.MODEL.FPN.IN_FEATURES = in_features
-        fpn = build_fn(cfg, ShapeSpec(channels=3), "toy_d2")
-        assert list(fpn(x)) == list(fpn.output_shape()) == [f"p{i}" for i in levels]
-    with pytest.raises(ValueError, match="MODEL.EFFVIT.ARCH is not set; the Toy variants are: tiny"):
-        build_effvit_backbone(effvit_cfg("toy_d2", ""), None, "toy_d2")
-
-
-def test_spec_strides_must_match_feature_info(toy_family):
-    toy_family(feature_strides=(2, 4, 8, 16))
-    with pytest.raises(ValueError, match=r"strides \[4, 8, 16, 32\] \(feature_info\), but its FamilySpec declares "
-                                         r"feature_strides=\(2, 4, 8, 16\)\. Correct"):
-        backbone_class("toy_d2")("tiny")
