@@ -214,7 +214,8 @@ def render(cls_results: List[dict], seg_results: List[dict], families, evaluated
             lines.append("")
         if seg_rows:
             lat = " (latency: one image at the size given)" if with_latency else ""
-            lines += [f"Segmentation (backbone + SegHead, logits at the input size){lat}.", "",
+            lines += [f"Segmentation (the whole segmentor of the row's config: backbone + SegHead or Semantic FPN, logits "
+                      f"at the input size){lat}.", "",
                       "| variant | dataset | size | params (M) published | official code | ours | MACs (G) "
                       "published | ours | mIoU published | mIoU here |" + (" latency size |" if with_latency else "")
                       + lat_head,

@@ -1,4 +1,6 @@
-# Semantic FPN + EdgeViT XXS, ADE20K 512x512. Published result: none published.
+# Semantic FPN + EdgeViT XXS, ADE20K 512x512. Published result: mIoU 39.7 (Pan et al., EdgeViTs (ECCV 2022, arXiv
+#   2205.03436): Semantic FPN on ADE20K val; the paper's table could not be read here: the numbers as quoted in
+#   EMOv2 (arXiv 2412.06674) Table XI and RMT (CVPR 2024, arXiv 2309.11523) Table 5).
 # Recipe: the default one (snap-research/EfficientFormer segmentation/configs/sem_fpn; this family has no official
 #   segmentation recipe): AdamW lr 2e-4, weight decay 1e-4, poly decay (power 0.9, min lr 0), 40k iterations,
 #   Semantic FPN as mmseg's fpn_r50; 8 GPUs x 4 images, 512x512 crops; test at short side 512, sides resized to

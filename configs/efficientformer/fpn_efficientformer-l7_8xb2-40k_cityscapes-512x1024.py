@@ -1,6 +1,6 @@
 # Semantic FPN + EfficientFormer V1 L7, Cityscapes, evaluated on the full 1024x2048 images. Published result: none
-#   published in the official repo README (snap-research/EfficientFormer segmentation/README.md has no result
-#   table).
+#   published for this variant and dataset (the paper's ADE20K table is in published_results.json;
+#   snap-research/EfficientFormer segmentation/README.md has no results).
 # Recipe and settings: those of fpn_efficientformer-l1_8xb2-40k_cityscapes-512x1024.py (inherited); only the
 #   backbone differs.
 # ImageNet init (the official file, converted on load): --cfg-options model.backbone.init_cfg.type=Pretrained

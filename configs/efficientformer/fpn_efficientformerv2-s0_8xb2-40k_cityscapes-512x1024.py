@@ -1,6 +1,6 @@
 # Semantic FPN + EfficientFormer V2 S0, Cityscapes, evaluated on the full 1024x2048 images. Published result: none
-#   published in the official repo README (snap-research/EfficientFormer segmentation/README.md has no result
-#   table).
+#   published for this variant and dataset (the paper's ADE20K table is in published_results.json;
+#   snap-research/EfficientFormer segmentation/README.md has no results).
 # Recipe: the family's official ADE20K one (snap-research/EfficientFormer
 #   segmentation/configs/sem_fpn/fpn_efficientformerv2_s0_ade20k_40k.py; no official Cityscapes recipe exists):
 #   AdamW lr 2e-4, weight decay 1e-4, poly decay (power 0.9, min lr 1e-6), 40k iterations, Semantic FPN as mmseg's

@@ -1,5 +1,6 @@
-# Semantic FPN + EfficientFormer V2 S1, ADE20K 512x512. Published result: none published in the official repo README
-#   (snap-research/EfficientFormer segmentation/README.md has no result table).
+# Semantic FPN + EfficientFormer V2 S1, ADE20K 512x512. Published result: none published for this variant and
+#   dataset (the paper's ADE20K table is in published_results.json; snap-research/EfficientFormer
+#   segmentation/README.md has no results).
 # Recipe and settings: those of fpn_efficientformerv2-s0_8xb4-40k_ade20k-512x512.py (inherited); only the backbone
 #   differs.
 # ImageNet init (the official file, converted on load): --cfg-options model.backbone.init_cfg.type=Pretrained

@@ -395,13 +395,13 @@ SPEC = register_family(FamilySpec(
         "mask-rcnn": Recipe(
             source="snap-research/EfficientFormer detection/configs/mask_rcnn_efficientformer_{v}_fpn_1x_coco.py",
             lr=2e-4, weight_decay=1e-4, warmup_iters=500, warmup_factor=1e-6,
-            results="none published with the official code (snap-research/EfficientFormer detection/README has no "
-                    "results; the papers' COCO tables are not quoted here because they could not be checked)"),
+            results="none published for this variant (the paper's COCO table, in published_results.json, covers "
+                    "other variants; snap-research/EfficientFormer detection/README has no results)"),
         "sem-fpn": Recipe(
             source="snap-research/EfficientFormer segmentation/configs/sem_fpn/fpn_efficientformer_{v}_ade20k_40k.py",
             lr=2e-4, weight_decay=1e-4,
-            results="none published in the official repo README (snap-research/EfficientFormer segmentation/README.md "
-                  "has no result table)"),
+            results="none published for this variant and dataset (the paper's ADE20K table is in "
+                    "published_results.json; snap-research/EfficientFormer segmentation/README.md has no results)"),
     },
     cls_backbone_kwargs=dict(out_norm=False),  # the classifier has its own final norm
     cls_batch="8xb128", cls_crop_pct=0.95, cls_distillation=True,

@@ -31,7 +31,7 @@ def generate(spec) -> Iterator[Generated]:
             head["distillation"] = True
         head.update(loss=LOSS, topk=(1, 5))
         crop = spec.crop_pct(v)
-        figs = figures_of(published_rows("classification", spec, v, config=path), ("top1",))
+        figs = figures_of(published_rows("classification", spec, v, config=path), ("top1", "params_M", "macs_G"))
         what = f"{spec.title} {v.upper()}" + (" (with distillation head)" if spec.cls_distillation else "")
         text = header(f"{what} ImageNet-1k classifier at 224 (official head). Published: {published_text(figs)}.",
                       f"Evaluation preprocessing as the official model: crop_pct {crop} (see the dataset base).")

@@ -61,15 +61,17 @@ def sem_fpn_backbone(spec, variant: str) -> dict:
     return kw
 
 
-def render_sem_fpn(spec, variant: str, dataset: str) -> str:
+def render_sem_fpn(spec, variant: str, dataset: str, figs) -> str:
     ds = SEM_FPN_DATASETS[dataset]
     first = spec.variants[0]
     idx = spec.dense_indices(4)
     channels = out_channels(spec, variant, idx)
     strides = [spec.feature_strides[i] for i in idx]
     recipe = official_recipe(spec, "sem-fpn", variant)
-    paragraphs = [f"Semantic FPN + {spec.title} {variant.upper()}, {ds['title']}. Published result: "
-                  f"{recipe.results if recipe and recipe.results else 'none published'}."]
+    pub = published_text(figs)
+    if not figs and recipe and recipe.results:
+        pub = recipe.results
+    paragraphs = [f"Semantic FPN + {spec.title} {variant.upper()}, {ds['title']}. Published result: {pub}."]
     if variant != first:
         paragraphs.append(f"Recipe and settings: those of {sem_fpn_path(spec, first, dataset).rsplit('/', 1)[1]} "
                           f"(inherited); only the backbone differs.")
@@ -153,5 +155,7 @@ def generate(spec) -> Iterator[Generated]:
         return
     for v in spec.variants:
         for dataset, ds in SEM_FPN_DATASETS.items():
-            yield Generated(sem_fpn_path(spec, v, dataset), render_sem_fpn(spec, v, dataset), spec, v, "sem-fpn",
-                            dataset, "mmseg", [], ds["size"])
+            path = sem_fpn_path(spec, v, dataset)
+            figs = figures_of(published_rows("segmentation", spec, v, config=path), ("mIoU",))
+            yield Generated(path, render_sem_fpn(spec, v, dataset, figs), spec, v, "sem-fpn", dataset, "mmseg", figs,
+                            ds["size"])

@@ -17,7 +17,7 @@ CFG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "effici
 # (params M, MACs G): Cityscapes at 1024x2048, ADE20K at 512x512; params measured from the official code, MACs as
 # the official model zoo prints them (rounded: the 2% tolerance covers it) -- effvit_plugins/data/published_results.json
 TARGETS = {(row["variant"], row["dataset"]): tuple(f.value for f in official_complexity("segmentation")[config_name(row)])
-           for row in rows("segmentation")}
+           for row in rows("segmentation") if row["family"] == "efficientvit_mit"}
 
 
 def cfg_path(variant, dataset):

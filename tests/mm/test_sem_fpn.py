@@ -1,8 +1,9 @@
 """Semantic FPN configs (ADE20K 512x512 and Cityscapes) of every family without its own segmentation head, generated
 from the specs (scripts/configgen/mmseg.py; their staleness: tests/scripts/test_gen_configs.py): params/MACs = the
-core backbone + mmseg's FPN/FPNHead (no published figures exist to compare with), inference at odd sizes through
-mmseg's API, tiny trainings through tools/train.py and evaluation through tools/test.py on the ADE20K-layout demo
-set (one of them learns: mIoU clearly above an untrained model's)."""
+core backbone + mmseg's FPN/FPNHead (no published params/MACs exist to compare with), the published mIoU (where
+there is one) in the header, inference at odd sizes through mmseg's API, tiny trainings through tools/train.py and
+evaluation through tools/test.py on the ADE20K-layout demo set (one of them learns: mIoU clearly above an untrained
+model's)."""
 import glob
 import importlib.util
 import os.path as osp
@@ -16,6 +17,7 @@ import torch.nn as nn
 
 from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config, model_complexity
 from effvit_plugins.models.spec import families
+from effvit_plugins.utils import published
 from effvit_plugins.utils.complexity import count_macs, count_params
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -45,7 +47,9 @@ def test_one_config_per_variant_and_dataset():
                             osp.basename(path))
         with open(path) as f:
             header = " ".join(f.read().split("_base_")[0].replace("#", " ").split())
-        assert "Published result: none published" in header and "Recipe" in header
+        row = [r for r in published.rows("segmentation") if r["config"] == osp.relpath(path, ROOT)]
+        want = f"mIoU {published.figures(row[0])['mIoU'].text} (" if row else "none published"
+        assert f"Published result: {want}" in header and "Recipe" in header
 
 
 def test_default_recipe_is_the_schedule_base():

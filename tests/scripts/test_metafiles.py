@@ -150,3 +150,13 @@ def test_a_family_without_published_numbers_or_weights():
     assert doc["Models"] and all("Weights" not in m for m in doc["Models"])
     assert all(r["Metrics"] == {} for m in doc["Models"] for r in m["Results"])
     assert {m["Metadata"]["Parameters"] for m in doc["Models"]} == {1}
+
+
+def test_weights_variants_must_be_variants():
+    spec = families()[0]
+    with pytest.raises(ValueError, match="weights_variants .* are not in variants"):
+        dataclasses.replace(spec, weights_url="https://example.org/{v}.pth", weights_variants=("no_such_variant",))
+    every = dataclasses.replace(spec, weights_url="https://example.org/{v}.pth", weights_variants=())
+    assert [every.weights_url_of(v) for v in spec.variants] == [f"https://example.org/{v}.pth" for v in spec.variants]
+    some = dataclasses.replace(every, weights_variants=spec.variants[1:])
+    assert some.weights_url_of(spec.variants[0]) is None and some.weights_url_of(spec.variants[-1])
