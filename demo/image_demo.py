@@ -58,17 +58,16 @@ def image_files(path: str):
 
 def main(argv=None):
     args = parse_args(argv)
-    from effvit_plugins import apis
-
     try:
         images = image_files(args.image)
+        from effvit_plugins import apis
+
         cfg, _ = apis.resolve(args.model, args.cfg_options)
         library = apis.library_of(cfg)
         inferencer = apis.inferencer(args.model, weights=args.weights, device=args.device,
                                      cfg_options=args.cfg_options)
     except (FileNotFoundError, KeyError, ValueError, ImportError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
 
     vis_dir = os.path.join(args.out_dir, "vis")

@@ -120,10 +120,17 @@ def list_models(pattern: Optional[str] = None, task: Optional[str] = None) -> Li
     return sorted(names)
 
 
-def _unknown_name(name: str, index: Dict[str, dict]) -> KeyError:
+class UnknownModelError(KeyError):
+    """A name that is not in the model index (a ``KeyError`` whose message prints as written)."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+def _unknown_name(name: str, index: Dict[str, dict]) -> UnknownModelError:
     close = difflib.get_close_matches(name, list(index), n=5, cutoff=0.5)
     hint = f" Close matches: {', '.join(close)}." if close else ""
-    return KeyError(f"No model named {name!r} in effvit_plugins' model index ({model_zoo_root()}/model-index.yml)."
+    return UnknownModelError(f"No model named {name!r} in effvit_plugins' model index ({model_zoo_root()}/model-index.yml)."
                     f"{hint} List every name with `python -c \"from effvit_plugins.apis import list_models; "
                     f"print(*list_models(), sep=chr(10))\"` (or list_models('*pattern*')), or give a config file path.")
 
@@ -133,7 +140,8 @@ def get_model_info(name: str) -> dict:
     and ``Weights`` / ``Converted From`` where the model has official weights), plus ``_metafile``: its file.
 
     Raises:
-        KeyError: unknown name (the message lists close matches and how to list every name).
+        UnknownModelError: (a ``KeyError``) unknown name; the message lists close matches and how to list every
+            name.
     """
     index = _index(model_zoo_root())
     if name not in index:
@@ -168,7 +176,8 @@ def resolve(name_or_config, cfg_options: Optional[dict] = None) -> Tuple[object,
     """``(Config, model name or None)`` for a model name, a config file path or an mmengine ``Config``.
 
     Raises:
-        KeyError: a string that is neither an existing file nor a model name (with close matches).
+        UnknownModelError: (a ``KeyError``) a string that is neither an existing file nor a model name.
+        FileNotFoundError: a ``.py`` path that does not exist.
     """
     from mmengine.config import Config
 
