@@ -80,6 +80,15 @@ def test_the_task_and_the_config_name_one_library():
         assert {apis.TASK_LIBRARY[t] for t in tasks} == {apis.library_of(apis.get_config(name))}, name
 
 
+def test_library_of_a_config_without_default_scope():
+    from mmengine.config import Config
+
+    for model_type, library in (("MaskRCNN", "mmdet"), ("EncoderDecoder", "mmseg"), ("ImageClassifier", "mmpretrain")):
+        assert apis.library_of(Config(dict(model=dict(type=model_type)))) == library
+    with pytest.raises(ValueError, match="model.type='NoSuchModel'.*Set default_scope"):
+        apis.library_of(Config(dict(model=dict(type="NoSuchModel"))))
+
+
 def test_unknown_name_lists_close_matches():
     with pytest.raises(KeyError) as e:
         apis.get_config("mask-rcnn_edgevit-xxs_fpn_8xb2-1x_cocoo")
