@@ -1,5 +1,7 @@
 """demo/image_demo.py as a user runs it (subprocesses): a detector by name on a folder, a segmentor by config file,
-a classifier by name; the pictures exist, open, and have the input's size. Bad input stops with a clear error."""
+a classifier by name; the pictures exist, open, and have the input's size. Bad input (a missing image, an unknown
+name) stops with a clear error."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -45,9 +47,15 @@ def test_pictures(image_folder, image_sizes, tmp_path, image, model, options, pi
     check_pictures(out, tmp_path / "out" / "vis", pictures, image_sizes)
 
 
-def test_bad_input(image_folder, tmp_path):
-    out = run_demo(tmp_path / "missing.jpg", "efficientvit-msra-m0_8xb256_in1k", expect_rc=2)
-    assert "error: Image not found:" in out and "missing.jpg" in out
-    out = run_demo(image_folder, "mask-rcnn_edgevit-xxs_fpn_8xb2-1x_cocoo", expect_rc=2)
-    assert "error: No model named 'mask-rcnn_edgevit-xxs_fpn_8xb2-1x_cocoo'" in out
-    assert "mask-rcnn_edgevit-xxs_fpn_8xb2-1x_coco," in out and "list_models" in out
+def test_bad_input(image_folder, tmp_path, capsys):
+    """In this process (the demo's main(argv)): a missing image, an unknown name."""
+    spec = importlib.util.spec_from_file_location("effvit_image_demo", DEMO)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.main([str(tmp_path / "missing.jpg"), "efficientvit-msra-m0_8xb256_in1k"]) == 2
+    err = capsys.readouterr().err
+    assert "error: Image not found:" in err and "missing.jpg" in err
+    assert demo.main([str(image_folder), "mask-rcnn_edgevit-xxs_fpn_8xb2-1x_cocoo"]) == 2
+    err = capsys.readouterr().err
+    assert "error: No model named 'mask-rcnn_edgevit-xxs_fpn_8xb2-1x_cocoo'" in err
+    assert "mask-rcnn_edgevit-xxs_fpn_8xb2-1x_coco," in err and "list_models" in err
