@@ -153,10 +153,21 @@ def test_classifiers_in_mmpretrains_own_api(image):
     assert 0 <= result["pred_label"] < 1000 and isinstance(result["pred_class"], str)
 
 
-def test_classifier_inferencer_next_to_the_others(image):
+def test_classifier_inferencer_next_to_the_others_and_its_weights(image, tmp_path):
+    import torch
     from mmpretrain.apis import ImageClassificationInferencer
 
+    from effvit_plugins.testing import randomize_model
+
     apis.inferencer(SEGMENTOR)  # leaves mmseg as the default scope
-    inferencer = apis.inferencer(CLASSIFIER)
-    assert isinstance(inferencer, ImageClassificationInferencer)
-    assert inferencer(image)[0]["pred_scores"].shape == (1000,)
+    first = apis.inferencer(CLASSIFIER)
+    assert isinstance(first, ImageClassificationInferencer)
+    assert first(image)[0]["pred_scores"].shape == (1000,)
+    # weights=<a checkpoint file>: a second model gives the first one's scores (random, well-scaled weights: an
+    # untrained model's scores are all about 1/1000)
+    randomize_model(first.model, seed=0)
+    scores = first(image)[0]["pred_scores"]
+    assert scores.max() > 10 * scores.min()
+    torch.save({"state_dict": first.model.state_dict()}, tmp_path / "classifier.pth")
+    second = apis.inferencer(CLASSIFIER, weights=str(tmp_path / "classifier.pth"))
+    np.testing.assert_allclose(second(image)[0]["pred_scores"], scores, rtol=1e-4, atol=1e-7)
