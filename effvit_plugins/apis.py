@@ -90,8 +90,8 @@ def _index(root: Path) -> Dict[str, dict]:
         for entry in (_yaml_load(metafile) or {}).get("Models", []):
             name = entry["Name"]
             if name in models:
-                raise ValueError(f"Model name {name!r} appears twice in the model index ({models[name]['_metafile']} "
-                                 f"and {metafile}).")
+                raise ValueError(f"Model name {name!r} appears twice in the model index "
+                                 f"({models[name]['_metafile']} and {metafile}).")
             models[name] = dict(entry, _metafile=str(metafile))
     return models
 
@@ -130,9 +130,10 @@ class UnknownModelError(KeyError):
 def _unknown_name(name: str, index: Dict[str, dict]) -> UnknownModelError:
     close = difflib.get_close_matches(name, list(index), n=5, cutoff=0.5)
     hint = f" Close matches: {', '.join(close)}." if close else ""
-    return UnknownModelError(f"No model named {name!r} in effvit_plugins' model index ({model_zoo_root()}/model-index.yml)."
-                    f"{hint} List every name with `python -c \"from effvit_plugins.apis import list_models; "
-                    f"print(*list_models(), sep=chr(10))\"` (or list_models('*pattern*')), or give a config file path.")
+    return UnknownModelError(
+        f"No model named {name!r} in effvit_plugins' model index ({model_zoo_root()}/model-index.yml).{hint} List "
+        f"every name with `python -c \"from effvit_plugins.apis import list_models; print(*list_models(), "
+        f"sep=chr(10))\"` (or list_models('*pattern*')), or give a config file path.")
 
 
 def get_model_info(name: str) -> dict:
