@@ -138,4 +138,5 @@ def register_all_modules() -> None:
     if importlib.util.find_spec("mmseg") is not None:
         from . import seg_heads  # noqa: F401
     on_register(register_family_modules, unregister_family_modules)
+    importlib.import_module("..apis", __package__).register_mmpretrain_models(missing_ok=True)  # names in mmpretrain
     _DONE = True
