@@ -129,7 +129,9 @@ def test_mmpretrain_model_hub_takes_the_index(monkeypatch):
     classifiers and returns their configs; its registry is restored afterwards."""
     from mmpretrain.apis import ModelHub, list_models
 
-    monkeypatch.setattr(ModelHub, "_models_dict", dict(ModelHub._models_dict))
+    # `import effvit_plugins` registered our classifiers already (effvit_plugins.apis); start from mmpretrain's own
+    ours = {m["Name"].lower() for doc in configgen.metafiles().values() for m in yaml.safe_load(doc)["Models"]}
+    monkeypatch.setattr(ModelHub, "_models_dict", {k: v for k, v in ModelHub._models_dict.items() if k not in ours})
     ModelHub.register_model_index(os.path.join(ROOT, "model-index.yml"), config_prefix=ROOT)
     spec = families()[0]
     name = f"{spec.config_prefix}-{spec.variants[0]}_{spec.cls_batch}_in1k"
