@@ -1,6 +1,6 @@
-"""Write every generated config and README under configs/ from the family specs (see scripts/configgen/).
+"""Write every generated config, README and metafile under configs/ from the family specs (see scripts/configgen/).
 
-    python scripts/gen_configs.py                      # (re)write them (and README.md's model-zoo table)
+    python scripts/gen_configs.py                      # (re)write them (and model-index.yml, README.md's model zoo)
     python scripts/gen_configs.py --check              # exit 1 and list the stale files
     python scripts/gen_configs.py --dry-run [--family KEY ...]   # print the paths it would write
 
@@ -30,7 +30,9 @@ def main(argv=None) -> int:
 
         specs = [get_family(k) for k in args.family]  # unknown key: an error listing the valid ones
     if args.dry_run:
-        for path in list(configgen.configs(specs)) + configgen.readme_paths(specs):
+        index = [configgen.metafile.INDEX] if specs is None else []
+        for path in list(configgen.configs(specs)) + configgen.readme_paths(specs) + configgen.metafile_paths(specs) \
+                + index:
             print(path)
         return 0
     stale = configgen.run(write=not args.check, specs=specs, with_complexity=not args.no_complexity)

@@ -340,4 +340,5 @@ SPEC = register_family(FamilySpec(
     paper=Paper(authors="Pan et al.", venue="ECCV 2022", arxiv="2205.03436",
                 title="EdgeViTs: Competing Light-weight CNNs on Mobile Devices with Vision Transformers",
                 code="saic-fi/edgevit"),
+    architecture=("Local-Global-Local Attention", "Sparse Attention", "Depthwise Convolution"),
 ))

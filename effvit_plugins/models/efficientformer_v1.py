@@ -409,4 +409,5 @@ SPEC = register_family(FamilySpec(
     paper=Paper(authors="Li et al.", venue="NeurIPS 2022", arxiv="2206.01191",
                 title="EfficientFormer: Vision Transformers at MobileNet Speed",
                 code="snap-research/EfficientFormer"),
+    architecture=("MetaFormer", "Pooling", "1x1 Convolution", "LayerScale"),
 ))

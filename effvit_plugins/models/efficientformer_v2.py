@@ -390,4 +390,5 @@ SPEC = register_family(FamilySpec(
     paper=Paper(authors="Li et al.", venue="ICCV 2023", arxiv="2212.08059",
                 title="Rethinking Vision Transformers for MobileNet Size and Speed",
                 code="snap-research/EfficientFormer"),
+    architecture=("MetaFormer", "Depthwise Convolution", "Multi-Head Self-Attention", "LayerScale"),
 ))

@@ -604,6 +604,10 @@ SPEC = register_family(FamilySpec(
     feature_strides=(2, 4, 8, 16, 32),
     convert=convert_official_checkpoint, key_signature=OFFICIAL_KEY_SIGNATURE,
     imagenet_weights="efficientvit_{v}_r224.pt",
+    # the official classification README's checkpoint links (mit-han-lab/efficientvit
+    # applications/efficientvit_cls/README.md), HuggingFace's direct form; it links no B0 file
+    weights_url="https://huggingface.co/han-cai/efficientvit-cls/resolve/main/efficientvit_{v}_r224.pt",
+    weights_variants=tuple(v for v, a in ARCH_SETTINGS.items() if a["head_widths"] is not None and v != "b0"),
     dense_norm_eval=True, det_variant="b1",
     seg_head=SegHead(model_base="efficientvit-seghead",
                      config_name="efficientvit-seghead_efficientvit-{v}_8xb2-160k_{dataset}",
@@ -614,4 +618,5 @@ SPEC = register_family(FamilySpec(
     paper=Paper(authors="Cai et al.", venue="ICCV 2023", arxiv="2205.14756",
                 title="EfficientViT: Multi-Scale Linear Attention for High-Resolution Dense Prediction",
                 code="mit-han-lab/efficientvit"),
+    architecture=("Multi-Scale Linear Attention", "MBConv", "Depthwise Convolution"),
 ))

@@ -548,6 +548,9 @@ SPEC = register_family(FamilySpec(
     arch_settings=ARCH_SETTINGS, feature_strides=(16, 32, 64), upsample_neck=True,
     convert=convert_official_checkpoint, key_signature=OFFICIAL_KEY_SIGNATURE,
     imagenet_weights="efficientvit_{v}.pth",
+    # the official classification README's model links (microsoft/Cream EfficientViT/classification/README.md)
+    weights_url=("https://github.com/xinyuliu-jeffrey/EfficientViT_Model_Zoo/releases/download/v1.0/"
+                 "efficientvit_{v}.pth"),
     dense_norm_eval=True, det_variant="m4",
     # the official detection recipes (microsoft/Cream EfficientViT/downstream/configs/, for M4)
     official_recipes={
@@ -559,4 +562,5 @@ SPEC = register_family(FamilySpec(
     paper=Paper(authors="Liu et al.", venue="CVPR 2023", arxiv="2305.07027",
                 title="EfficientViT: Memory Efficient Vision Transformer with Cascaded Group Attention",
                 code="microsoft/Cream"),
+    architecture=("Cascaded Group Attention", "Sandwich Layout", "Depthwise Convolution"),
 ))

@@ -113,6 +113,10 @@ class FamilySpec:
         new_in_dense / unused_on_load: key fragments a dense-prediction backbone may lack in / not want from an
             ImageNet file, as in the official dense code.
         imagenet_weights: official ImageNet file name with ``{v}`` for the variant, or None (none released).
+        weights_url: official direct-download URL of the ImageNet file with ``{v}`` for the variant, or None (no
+            direct download: none released, or only behind a sharing page such as Google Drive). The metafiles
+            list it as the classifiers' ``Weights`` (:meth:`weights_url_of`).
+        weights_variants: the variants whose file ``weights_url`` serves (empty: every variant).
 
     Dense-prediction defaults (the official dense backbones' settings; used by the config generator):
         seg_resolution: ``{'det': R, 'seg': R}``: the ``seg_resolution`` argument of the official detection /
@@ -138,6 +142,8 @@ class FamilySpec:
 
     Paper:
         paper: the primary source (:class:`Paper`).
+        architecture: words naming the family's building blocks, the ``Architecture`` of its collection in
+            ``configs/<config_folder>/metafile.yml`` (mmpretrain's metafile schema).
         plot_family: the legend entry in ``tools/paper_tables.py --plot`` (V1 and V2 share one).
     """
 
@@ -160,6 +166,8 @@ class FamilySpec:
     new_in_dense: Tuple[str, ...] = ()
     unused_on_load: Tuple[str, ...] = ()
     imagenet_weights: Optional[str] = None
+    weights_url: Optional[str] = None
+    weights_variants: Tuple[str, ...] = ()
     seg_resolution: Mapping[str, int] = dataclasses.field(default_factory=dict)
     dense_drop_path: Mapping[str, float] = dataclasses.field(default_factory=dict)
     dense_layer_scale: Mapping[str, float] = dataclasses.field(default_factory=dict)
@@ -174,6 +182,7 @@ class FamilySpec:
     cls_crop_pct: object = 0.875
     cls_distillation: bool = False
     plot_family: str = ""
+    architecture: Tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.variants:
@@ -182,6 +191,10 @@ class FamilySpec:
         if unknown:
             raise ValueError(f"FamilySpec {self.key!r}: variants {unknown} are not in arch_settings "
                              f"({', '.join(self.arch_settings)}).")
+        unknown = sorted(set(self.weights_variants) - set(self.variants))
+        if unknown:
+            raise ValueError(f"FamilySpec {self.key!r}: weights_variants {unknown} are not in variants "
+                             f"({', '.join(self.variants)}).")
         if not self.det_variant:
             object.__setattr__(self, "det_variant", self.variants[0])
         elif self.det_variant not in self.variants:
@@ -223,6 +236,12 @@ class FamilySpec:
     def weights_file(self, variant: str) -> Optional[str]:
         """The official ImageNet file name of ``variant`` (None: none released)."""
         return self.imagenet_weights.format(v=variant) if self.imagenet_weights else None
+
+    def weights_url_of(self, variant: str) -> Optional[str]:
+        """The official direct-download URL of ``variant``'s ImageNet file (None: no direct download)."""
+        if not self.weights_url or (self.weights_variants and variant not in self.weights_variants):
+            return None
+        return self.weights_url.format(v=variant)
 
     def dense_indices(self, min_stride: int = 4) -> Tuple[int, ...]:
         """Indices of the feature maps a dense model reads: every map of stride >= ``min_stride`` (all maps for

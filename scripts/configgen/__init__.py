@@ -7,7 +7,9 @@ What is generated, per family (each module's docstring has the details):
 * :mod:`.mmdet` -- mmdet RetinaNet / Mask R-CNN on COCO, Mask R-CNN on LVIS v1;
 * :mod:`.mmseg` -- mmseg configs of the family's own segmentation head, or Semantic FPN;
 * :mod:`.detectron2` -- Detectron2 yacs and LazyConfig configs under ``configs/detectron2/``;
-* :mod:`.docs` -- ``configs/<config_folder>/README.md`` and the model-zoo table of README.md.
+* :mod:`.docs` -- ``configs/<config_folder>/README.md`` and the model-zoo table of README.md;
+* :mod:`.metafile` -- ``configs/<config_folder>/metafile.yml`` and the root ``model-index.yml`` (the model index
+  of mim, mmpretrain's ModelHub and ``effvit_plugins.apis``).
 
 Published numbers come from ``effvit_plugins/data/published_results.json`` only; recipes and dense-backbone options
 from the specs. Nothing here names a family.
@@ -29,7 +31,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Iterable, List, Optional
 
-from . import cls, detectron2, docs, mmdet, mmseg
+from . import cls, detectron2, docs, metafile, mmdet, mmseg
 from .common import MARKER, ROOT, Generated
 
 GENERATORS = (cls, mmdet, mmseg, detectron2)
@@ -83,6 +85,25 @@ def readmes(specs: Optional[Iterable] = None, complexity: Optional[docs.Complexi
     return {docs.readme_path(f): docs.folder_readme(f, es, complexity) for f, es in folders(entries).items()}
 
 
+def metafile_paths(specs: Optional[Iterable] = None) -> List[str]:
+    return [metafile.metafile_path(f) for f in dict.fromkeys(s.config_folder for s in _specs(specs))]
+
+
+def metafiles(specs: Optional[Iterable] = None, complexity: Optional[metafile.Complexity] = None,
+              entries: Optional[List[Generated]] = None) -> Dict[str, str]:
+    """``{configs/<folder>/metafile.yml: text}``; without ``complexity`` Parameters / FLOPs are masked
+    (:data:`metafile.MASK`)."""
+    if entries is None:
+        wanted = {s.config_folder for s in _specs(specs)}
+        entries = [g for g in generated() if g.spec.config_folder in wanted] if specs is not None else generated()
+    return {metafile.metafile_path(f): metafile.metafile(f, es, complexity) for f, es in folders(entries).items()}
+
+
+def model_index() -> str:
+    """The root ``model-index.yml``: every folder's metafile."""
+    return metafile.model_index(list(dict.fromkeys(s.config_folder for s in _specs(None))))
+
+
 def model_zoo(specs: Optional[Iterable] = None) -> str:
     return docs.model_zoo(generated(specs))
 
@@ -128,9 +149,9 @@ def _read(path: str) -> Optional[str]:
 
 
 def run(write: bool, specs: Optional[Iterable] = None, root: str = ROOT, with_complexity: bool = True) -> List[str]:
-    """Compare (and with ``write`` rewrite) every generated file, the folder READMEs and README.md's model zoo.
-    Marked files the generator no longer produces are removed (only when all families are generated).
-    Returns the stale paths."""
+    """Compare (and with ``write`` rewrite) every generated file, the folder READMEs and metafiles, the root
+    model-index.yml and README.md's model zoo. Marked files the generator no longer produces are removed (only when
+    all families are generated). Returns the stale paths."""
     entries = generated(specs)
     files = {g.path: g.text for g in entries}
     stale = [p for p, t in files.items() if _read(os.path.join(root, p)) != t]
@@ -139,8 +160,19 @@ def run(write: bool, specs: Optional[Iterable] = None, root: str = ROOT, with_co
             os.makedirs(os.path.dirname(os.path.join(root, p)), exist_ok=True)
             with open(os.path.join(root, p), "w") as f:
                 f.write(files[p])
-    readme_entries = entries if specs is None else None
-    docs_files = readmes(specs, complexity if with_complexity else None, readme_entries)
+    folder_entries = entries if specs is None else None
+    counts: Dict[str, tuple] = {}
+
+    def counted(g: Generated) -> tuple:  # each config counted once, for its README row and its metafile entry
+        if g.path not in counts:
+            counts[g.path] = complexity(g)
+        return counts[g.path]
+
+    count = counted if with_complexity else None
+    docs_files = readmes(specs, count, folder_entries)
+    docs_files.update(metafiles(specs, count, folder_entries))
+    if specs is None:
+        docs_files[metafile.INDEX] = model_index()
     for p, t in docs_files.items():
         if _read(os.path.join(root, p)) != t:
             stale.append(p)

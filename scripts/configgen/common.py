@@ -96,7 +96,8 @@ def core_default(spec, argument: str):
 # ---------------------------------------------------------------------------------------------------------------
 # published figures (effvit_plugins/data/published_results.json only)
 # ---------------------------------------------------------------------------------------------------------------
-METRIC_NAMES = {"top1": "top-1", "mIoU": "mIoU", "box_AP": "box AP", "mask_AP": "mask AP", "params_M": "params (M)",
+METRIC_NAMES = {"top1": "top-1", "mIoU": "mIoU", "box_AP": "box AP", "box_AP50": "box AP50", "box_AP75": "box AP75",
+                "mask_AP": "mask AP", "mask_AP50": "mask AP50", "mask_AP75": "mask AP75", "params_M": "params (M)",
                 "macs_G": "MACs (G)"}
 
 

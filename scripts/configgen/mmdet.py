@@ -43,6 +43,8 @@ STANDARD_RECIPE = ("mmdet's standard AdamW 1x recipe for transformer backbones (
 LVIS_NOTE = ("; no official LVIS recipe exists, this is the COCO one with mmdet's LVIS v1 data settings "
              "(mask-rcnn_r50_fpn_sample1e-3_ms-1x_lvis-v1)")
 SCHEDULE_1X = "12 epochs, lr x0.1 at epochs 8 and 11, 8 GPUs x 2 images"
+# the figures of a detection row of published_results.json (matched to its config by the row's "config")
+PUBLISHED_METRICS = ("box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75")
 
 
 def neck_token(spec) -> str:
@@ -115,9 +117,7 @@ def generate(spec) -> Iterator[Generated]:
     for v in spec.variants:
         for kind in KINDS:
             for dataset in ("coco", "lvis") if kind.lvis and v == spec.det_variant else ("coco",):
-                # published_results.json names the detector "<title> + <neck>, 1x"
-                rows = [r for r in published_rows("detection", spec, v, dataset=dataset)
-                        if r.get("detector", "").startswith(kind.title + " ")]
-                figs = figures_of(rows, ("box_AP", "mask_AP"))
-                yield Generated(config_path(spec, v, kind, dataset), render(spec, v, kind, dataset, figs), spec, v,
-                                kind.key, dataset, "mmdet", figs, (800, 1333))
+                path = config_path(spec, v, kind, dataset)
+                figs = figures_of(published_rows("detection", spec, v, config=path), PUBLISHED_METRICS)
+                yield Generated(path, render(spec, v, kind, dataset, figs), spec, v, kind.key, dataset, "mmdet", figs,
+                                (800, 1333))

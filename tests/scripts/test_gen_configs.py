@@ -1,7 +1,7 @@
 """scripts/gen_configs.py: every generated file under configs/ is committed exactly as the generator writes it, every
 file that carries the generator's marker is still generated (the rule for hand-written configs, configs/README.md),
-the folder READMEs and README.md's model zoo are in sync, and a family the project does not ship gets its configs
-from its spec alone."""
+the folder READMEs, metafiles, model-index.yml and README.md's model zoo are in sync, and a family the project does
+not ship gets its configs from its spec alone. (What the metafiles say: tests/scripts/test_metafiles.py.)"""
 import dataclasses
 import os
 import re
@@ -14,12 +14,13 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import configgen  # noqa: E402
 import gen_configs  # noqa: E402
-from configgen import docs  # noqa: E402
+from configgen import docs, metafile  # noqa: E402
 from configgen.common import MARKER  # noqa: E402
 
 from effvit_plugins.models.spec import families, get_family  # noqa: E402
 
 FIGURES = re.compile(r"\d+\.\d\d / \d+\.\d\d")
+COUNTS = re.compile(r"^(      (?:Parameters|FLOPs)): \d+$", re.M)  # a metafile's Parameters / FLOPs
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_every_generated_config_is_committed_unchanged(entries):
 def test_generated_iff_marked(entries):
     """The marker is what makes a file generated: every marked file is produced (no orphan), and no hand-written
     file (no marker) sits at a path the generator writes."""
-    produced = {g.path for g in entries} | set(configgen.readme_paths())
+    produced = {g.path for g in entries} | set(configgen.readme_paths()) | set(configgen.metafile_paths())
     marked = set(configgen.marked_files())
     assert not marked - produced, ("files carry the marker but are no longer generated (delete them or run "
                                    f"python scripts/gen_configs.py): {sorted(marked - produced)}")
@@ -58,6 +59,17 @@ def test_folder_readmes_in_sync(entries):
         committed = read(path)
         assert committed is not None, f"{path} missing: run python scripts/gen_configs.py"
         assert FIGURES.sub(docs.OURS_MASK, committed) == text, f"{path} is stale: run python scripts/gen_configs.py"
+
+
+def test_metafiles_and_model_index_in_sync(entries):
+    """Exactly, but for Parameters / FLOPs (masked here; tests/scripts/test_metafiles.py ties them to the READMEs)."""
+    for path, text in configgen.metafiles(entries=entries).items():
+        committed = read(path)
+        assert committed is not None, f"{path} missing: run python scripts/gen_configs.py"
+        assert COUNTS.sub(rf"\1: {metafile.MASK}", committed) == text, \
+            f"{path} is stale: run python scripts/gen_configs.py"
+    assert read(metafile.INDEX) == configgen.model_index(), \
+        f"{metafile.INDEX} is stale: run python scripts/gen_configs.py"
 
 
 @pytest.mark.parametrize("spec", families(), ids=lambda s: s.key)
@@ -83,11 +95,13 @@ def test_model_zoo_in_readme(entries):
 
 def test_check_and_dry_run(capsys, entries):
     assert gen_configs.main(["--dry-run"]) == 0
-    assert capsys.readouterr().out.split() == [g.path for g in entries] + configgen.readme_paths()
+    assert capsys.readouterr().out.split() == ([g.path for g in entries] + configgen.readme_paths()
+                                               + configgen.metafile_paths() + [metafile.INDEX])
     key = families()[-1].key
     assert gen_configs.main(["--dry-run", "--family", key]) == 0
+    folder = get_family(key).config_folder
     assert capsys.readouterr().out.split() == ([g.path for g in entries if g.spec.key == key]
-                                               + [docs.readme_path(get_family(key).config_folder)])
+                                               + [docs.readme_path(folder), metafile.metafile_path(folder)])
     with pytest.raises(ValueError, match="valid families"):
         gen_configs.main(["--dry-run", "--family", "no_such_family"])
 
