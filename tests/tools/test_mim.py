@@ -1,6 +1,7 @@
-"""OpenMMLab's ``mim`` on this source checkout: ``mim train effvit_plugins CONFIG`` and ``mim test effvit_plugins
-CONFIG --checkpoint ...`` find the config by its file name and run ``effvit_plugins/.mim/tools/{train,test}.py``
-through the checkout's committed links, a few iterations on a tiny generated ADE20K set.
+"""OpenMMLab's ``mim`` on this source checkout: ``mim search effvit_plugins`` lists every model of model-index.yml;
+``mim train effvit_plugins CONFIG`` and ``mim test effvit_plugins CONFIG --checkpoint ...`` find the config by its
+file name and run ``effvit_plugins/.mim/tools/{train,test}.py`` through the checkout's committed links, a few
+iterations on a tiny generated ADE20K set.
 
 mim takes a package's files from beside its metadata. An editable install keeps that in site-packages, so mim is run
 as docs/setup.md says, with the checkout first on the path (``PYTHONPATH=$PWD mim ...``), where scripts/setup.sh
@@ -13,6 +14,9 @@ import subprocess
 import sys
 
 import pytest
+from modelindex.load_model_index import load
+
+from effvit_plugins.testing import mim_search_names
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 MIM = osp.join(osp.dirname(sys.executable), "mim")  # openmim's console script (scripts/setup.sh installs it)
@@ -34,6 +38,12 @@ def checkout_metadata():
     if not osp.isfile(osp.join(ROOT, "effvit_plugins.egg-info", "PKG-INFO")):
         subprocess.run([sys.executable, "-W", "ignore", "setup.py", "-q", "egg_info"], cwd=ROOT, check=True,
                        capture_output=True)
+
+
+def test_mim_search_lists_every_model(checkout_metadata, tmp_path):
+    names = [m.name for m in load(osp.join(ROOT, "model-index.yml")).models]
+    r = run_mim(["search", "effvit_plugins"], cwd=tmp_path)
+    assert names and sorted(mim_search_names(r.stdout)) == sorted(names), r.output[-3000:]
 
 
 @pytest.fixture(scope="module")
