@@ -4,7 +4,8 @@ that directory on ``PYTHONPATH``:
 
 * mmseg's OWN tools/train.py and tools/test.py (from the installed mmseg's ``.mim/tools``) train and evaluate one of
   our configs taken from inside the wheel (``effvit_plugins/.mim/configs/demo``) on a tiny generated ADE20K set;
-* our tools run from the wheel's ``.mim/tools`` (no import of the repository's ``tools`` folder);
+* our tools run from the wheel's ``.mim/tools`` (no import of the repository's ``tools`` folder): the demo data
+  generator writes that set, tools/train.py names the packaged demo config when data is missing;
 * ``mim search effvit_plugins`` lists every model of the packaged model-index.yml;
 * ``import effvit_plugins.models`` needs torch only: with mmengine, mmcv, mmdet, mmseg, mmpretrain and Detectron2
   unimportable, the smallest variant of every family builds and runs;
@@ -85,12 +86,16 @@ def installed(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ade_demo(tmp_path_factory):
-    from effvit_plugins.datasets import generate_ade20k_demo
-
-    out = tmp_path_factory.mktemp("ade_demo")
-    return generate_ade20k_demo(str(out), num_train=2, num_val=1, height=64, width=80, seed=0,
-                                log=lambda *a: None)["data_root"]
+def ade_demo(installed):
+    """A tiny ADE20K-layout set written by the wheel's own tools/generate_demo_data.py: its data_root."""
+    site, _, _, outside = installed
+    out = outside / "ade_demo"
+    r = check(run([sys.executable, site / "effvit_plugins" / ".mim" / "tools" / "generate_demo_data.py", "--dataset",
+                   "ade20k", "--out", out, "--num-train", "2", "--num-val", "1", "--height", "64", "--width", "80"],
+                  outside, site))
+    data_root = out / "ADEChallengeData2016"
+    assert f"data_root='{data_root}/'" in r.stdout, r.output
+    return data_root
 
 
 def shipped_files():
