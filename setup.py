@@ -67,7 +67,8 @@ setup(
     description="EfficientViT (MIT, MSRA), EdgeViT and EfficientFormer for OpenMMLab 2.x and Detectron2",
     long_description=long_description,
     long_description_content_type="text/markdown",
-    license="Apache-2.0",
+    license_expression="Apache-2.0",
+    license_files=["LICENSE", "NOTICE"],
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),  # '.mim' is no package name: data only
     package_data={PACKAGE: ["data/*.json"] + mim_files()},
     python_requires=">=3.10",
@@ -76,7 +77,6 @@ setup(
     classifiers=[
         "Development Status :: 4 - Beta",
         "Intended Audience :: Science/Research",
-        "License :: OSI Approved :: Apache Software License",
         "Operating System :: POSIX :: Linux",
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.10",
