@@ -22,7 +22,7 @@ config runs). Without mmengine installed: nothing. With mmengine:
     changed; :mod:`effvit_plugins.compat.lvis`). The Detectron2 trainer applies this one itself when it builds
     an LVIS evaluator.
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401  (the one place of the version)
 
 try:
     import mmengine  # noqa: F401

@@ -12,6 +12,7 @@
   :func:`assert_complexity` (parameters / MACs against published figures).
 * :func:`check_backbone_contract` and the ``check_*`` functions it runs: the backbone contract, for any registered
   family (``tests/models/test_backbone_contract.py`` runs them for every family).
+* :func:`mim_search_names` -- the model names in the output of OpenMMLab's ``mim search``.
 
 Framework-free: mmengine / mmdet (and timm) are imported only by the functions that use them.
 """
@@ -603,3 +604,11 @@ def check_backbone_contract(family: SpecLike, variant: Optional[str] = None, tmp
             raise ValueError("check_backbone_contract(with_adapter=True) needs tmp_path for the checkpoint file.")
         check_frozen_stages_through_adapter(spec, variant, tmp_path)
         check_pickle_and_forward_intermediates(spec, variant)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OpenMMLab's mim
+# ---------------------------------------------------------------------------------------------------------------
+def mim_search_names(output: str) -> list:
+    """The model names ``mim search PACKAGE`` printed (openmim 0.3.9: a ``config id: NAME`` line per model)."""
+    return [line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith("config id:")]

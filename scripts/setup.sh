@@ -3,7 +3,8 @@
 #   * creates .venv (Python 3.11)
 #   * installs torch===2.13.0 / torchvision===0.28.0 (the registry's standard builds)
 #   * builds mmcv 2.1.0 from source WITH its ops (C++20 flag for torch>=2.13), caches the wheel
-#   * installs mmengine / mmdet / mmseg / mmpretrain and the test stack, then this project (editable)
+#   * installs mmengine / mmdet / mmseg / mmpretrain and the test stack, openmim (--no-deps), then this project
+#     (editable) and its metadata in the checkout (for `PYTHONPATH=$PWD mim ...`)
 #   * builds Detectron2 from source (it publishes no wheels for current torch), caches the wheel like mmcv's
 #   * verifies that mmcv.ops and detectron2._C load (a wrong build silently installs them without ops)
 # Environment: EFFVIT_VENV (default .venv), EFFVIT_CACHE (wheel cache, default ~/.cache/effvit_plugins),
@@ -25,6 +26,16 @@ pipq() {
   "$PY" -m pip install --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; } || rc=$?
   rc=${PIPESTATUS[0]}
   return "$rc"
+}
+
+# `pip check`, minus exactly one known line: openmim is installed without its dependency opendatalab (see the
+# openmim step); any other broken requirement fails the check.
+OPENMIM_VERSION=0.3.9
+OPENMIM_KNOWN="openmim $OPENMIM_VERSION requires opendatalab, which is not installed."
+pip_check() {
+  local out
+  out=$("$PY" -m pip check 2>&1) && return 0
+  [ -z "$(printf '%s\n' "$out" | grep -v -x -F "$OPENMIM_KNOWN")" ]
 }
 
 STEP="virtualenv"
@@ -83,11 +94,24 @@ STEP="OpenMMLab stack + test tools (requirements.txt)"
 if "$PY" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))' \
      mmengine mmdet mmseg mmpretrain timm pycocotools lvis cityscapesscripts ftfy regex pytest \
      fvcore iopath omegaconf hydra yacs tabulate cloudpickle termcolor tqdm matplotlib tensorboard black onnx onnxruntime \
-   && "$PY" -m pip check >/dev/null 2>&1; then
+     click colorama model_index pandas requests rich \
+   && pip_check; then
   say "requirements already satisfied"
 else
   say "installing $STEP"
   pipq -r requirements.txt
+fi
+
+STEP="openmim $OPENMIM_VERSION (--no-deps)"
+# `mim search / train / test effvit_plugins`. Installed without its dependencies: openmim requires opendatalab, whose
+# dependency openxlab pins setuptools~=60.2 and downgrades requests / rich / tqdm, which breaks this stack. Its other
+# requirements (Click, colorama, model-index, pandas, requests, rich, tabulate) come from requirements.txt.
+if "$PY" -c 'import importlib.metadata as m, sys; sys.exit(m.version("openmim") != sys.argv[1])' "$OPENMIM_VERSION" \
+     2>/dev/null; then
+  say "$STEP already installed"
+else
+  say "installing $STEP"
+  pipq --no-deps "openmim==$OPENMIM_VERSION"
 fi
 
 STEP="Detectron2 (source build)"
@@ -146,6 +170,18 @@ else
   pipq --no-build-isolation --no-deps -e .
 fi
 
+STEP="effvit_plugins.egg-info in the checkout (for mim)"
+# mim looks for a package's files (.mim/tools, .mim/configs, model-index.yml) next to its metadata. An editable
+# install keeps the metadata in site-packages, so mim run from the checkout (`PYTHONPATH=$PWD mim ...`) needs a copy
+# here (gitignored), written by setuptools' egg_info.
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' effvit_plugins/version.py)
+if grep -qx "Version: $VERSION" effvit_plugins.egg-info/PKG-INFO 2>/dev/null; then
+  say "effvit_plugins.egg-info $VERSION present"
+else
+  say "writing effvit_plugins.egg-info ($VERSION)"
+  out=$("$PY" -W ignore setup.py -q egg_info 2>&1) || { echo "$out" >&2; false; }
+fi
+
 STEP="final check: mmcv.ops, mmseg, mmdet, mmpretrain, detectron2._C, effvit_plugins import"
 (cd / && "$PY" - <<'PY'
 import mmcv, mmcv.ops, torch
@@ -153,6 +189,7 @@ from mmcv.ops import nms, RoIAlign  # noqa: F401  (compiled ops must be present)
 import detectron2, detectron2._C  # noqa: F401  (Detectron2's compiled ops)
 import mmengine, mmseg, mmdet, mmpretrain, effvit_plugins  # noqa: F401
 import onnx, onnxruntime  # noqa: F401  (tools/deploy/export_onnx.py, onnxruntime benchmark)
+import mim  # noqa: F401  (openmim, installed without opendatalab)
 print(f"[setup] ok: torch {torch.__version__}, mmcv {mmcv.__version__} (ops loaded), mmengine {mmengine.__version__}, "
       f"mmseg {mmseg.__version__}, mmdet {mmdet.__version__}, mmpretrain {mmpretrain.__version__}, "
       f"detectron2 {detectron2.__version__} (ops loaded)")

@@ -25,6 +25,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# effvit_plugins/datasets: in the repository (tools/ beside effvit_plugins/), or run from an installed package's
+# effvit_plugins/.mim/tools (ROOT is then effvit_plugins/.mim)
+DATASETS_DIR = next((d for d in (os.path.join(ROOT, "effvit_plugins", "datasets"),
+                                 os.path.join(os.path.dirname(ROOT), "datasets")) if os.path.isdir(d)), None)
 
 # name -> generator module (file under effvit_plugins/datasets), function, defaults, extra keyword arguments
 # taken from the command line. Add a dataset by adding an entry.
@@ -52,7 +56,10 @@ def _load_generator(module: str):
     name so that its relative imports resolve."""
     name = "_effvit_demo_datasets"
     if name not in sys.modules:
-        path = os.path.join(ROOT, "effvit_plugins", "datasets")
+        if DATASETS_DIR is None:
+            sys.exit(f"error: effvit_plugins/datasets not found beside {os.path.dirname(os.path.abspath(__file__))}: "
+                     "run this tool from the repository's tools/ or an installed package's effvit_plugins/.mim/tools")
+        path = DATASETS_DIR
         spec = importlib.util.spec_from_file_location(name, os.path.join(path, "__init__.py"),
                                                       submodule_search_locations=[path])
         package = importlib.util.module_from_spec(spec)

@@ -164,7 +164,7 @@ def main(argv=None):
 
     from effvit_plugins.mm.data_check import check_data_or_exit
     from effvit_plugins.mm.tools_common import UsageError, load_config, setup_distributed
-    from tools._demo_runs import demo_runs
+    from effvit_plugins.resources import demo_runs
 
     cfg = load_config(args.config, args.cfg_options, launcher=args.launcher, work_dir=args.work_dir,
                       set_work_dir=True)

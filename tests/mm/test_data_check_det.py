@@ -43,7 +43,7 @@ def test_train_coco_missing(tmp_path, run):
                    "python tools/generate_demo_data.py --dataset coco    # writes data/coco_demo/",
                    "`make demo-det`"):
         assert needle in err, (needle, err)
-    # the demo config (known to the tools, not to the package) is the Mask R-CNN one make demo-det trains
+    # the demo config (effvit_plugins.resources.demo_runs) is the Mask R-CNN one make demo-det trains
     demo_config = re.search(r"python tools/train\.py (configs/demo/mask-rcnn_\S+_coco-demo-\S+\.py)\n", err)
     assert demo_config and osp.isfile(osp.join(ROOT, demo_config.group(1))), err
     assert not osp.exists(tmp_path / "work_dirs")  # nothing was built
