@@ -36,6 +36,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from .resources import mim_path
+
 #: Results tasks of the model index -> the OpenMMLab library whose inferencer runs the model.
 TASK_LIBRARY = {
     "Image Classification": "mmpretrain",
@@ -55,21 +57,18 @@ _MMPRETRAIN_REGISTERED: Dict[str, Path] = {}  # our names registered in mmpretra
 
 def model_zoo_root() -> Path:
     """The directory holding ``model-index.yml`` (the metafiles' ``Config`` paths are relative to it):
-    ``effvit_plugins/.mim`` when that has one (an installed wheel, or an editable install's links), else the
-    repository root of a source checkout (the parent of the package directory).
+    ``effvit_plugins/.mim`` (:mod:`effvit_plugins.resources`: copies in a wheel or sdist, links in a checkout).
 
     Raises:
-        FileNotFoundError: neither has a ``model-index.yml``.
+        FileNotFoundError: it has no ``model-index.yml``.
     """
-    package = Path(__file__).resolve().parent
-    candidates = (package / ".mim", package.parent)
-    for root in candidates:
-        if (root / "model-index.yml").is_file():
-            return root
-    raise FileNotFoundError(
-        f"effvit_plugins' model index (model-index.yml) is in neither {candidates[0]} nor {candidates[1]}. "
-        f"Install effvit_plugins from its wheel or sdist (they ship it under effvit_plugins/.mim), or use a source "
-        f"checkout (pip install -e .); a config file path works without the index.")
+    root = Path(mim_path())
+    if not (root / "model-index.yml").is_file():
+        raise FileNotFoundError(
+            f"effvit_plugins' model index is missing: no {root / 'model-index.yml'}. Install effvit_plugins from its "
+            f"wheel or sdist (they ship it), or use a git checkout (its effvit_plugins/.mim links are committed); a "
+            f"config file path works without the index.")
+    return root
 
 
 def _yaml_load(path: Path):

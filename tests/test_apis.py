@@ -37,16 +37,12 @@ def test_root_is_the_checkout_and_every_config_resolves():
         assert info["Results"] and {r["Task"] for r in info["Results"]} <= set(apis.TASK_LIBRARY), info["Results"]
 
 
-def test_root_prefers_the_package_mim_folder(tmp_path, monkeypatch):
-    package = tmp_path / "effvit_plugins"
-    (package / ".mim").mkdir(parents=True)
-    monkeypatch.setattr(apis, "__file__", str(package / "apis.py"))
-    with pytest.raises(FileNotFoundError, match="model-index.yml.*source checkout"):
+def test_root_without_an_index_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(apis, "mim_path", lambda *parts: str(tmp_path.joinpath(*parts)))
+    with pytest.raises(FileNotFoundError, match="model-index.yml.*wheel or sdist"):
         apis.model_zoo_root()
     (tmp_path / "model-index.yml").write_text("Import: []\n")
     assert apis.model_zoo_root() == tmp_path
-    (package / ".mim" / "model-index.yml").write_text("Import: []\n")
-    assert apis.model_zoo_root() == package / ".mim"
 
 
 def test_list_models_patterns_and_tasks():

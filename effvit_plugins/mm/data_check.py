@@ -10,7 +10,7 @@ directory), and so must the ``ann_file`` of the evaluator scoring the dataloader
 ``LVISMetric`` read the ground truth from their own path, which ``--cfg-options ...data_root=`` does not move).
 Remote paths (``s3://`` etc.) are not checked. The message gives the expected layout and the demo set that stands
 in for the dataset (:mod:`effvit_plugins.datasets.layouts`); the tools add how to train on it (:class:`DemoRun`:
-a config of the demo set and a make target, which live with the tools, not in the package).
+a config of the demo set and, in a source checkout, a make target: :func:`effvit_plugins.resources.demo_runs`).
 """
 from __future__ import annotations
 
