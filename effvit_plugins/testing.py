@@ -628,7 +628,7 @@ def serve_directory(path: str) -> Iterator[str]:
     yields the base URL (``http://127.0.0.1:PORT/``). Missing files answer 404."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
                                              functools.partial(_QuietHandler, directory=os.fspath(path)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.05), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/"
