@@ -6,7 +6,6 @@ Detectron2 / fvcore checkpoints under torch >= 2.6 without ``weights_only=False`
 * a URL (``http(s)://``) or an mmengine model-zoo name (``open-mmlab://``, ``torchvision://``) in ``MODEL.WEIGHTS``
   is fetched by :func:`effvit_plugins.checkpoint.resolve_checkpoint` (the torch hub cache, checked against the hash
   in the file name) instead of iopath's cache; Detectron2's own ``detectron2://`` names still go to iopath.
-
 * ``.pth`` files are read by :func:`load_d2_checkpoint`: ``torch.load(weights_only=True)`` extended by an
   allow-list (numpy arrays / scalars, standard containers) for what Detectron2 / fvcore training checkpoints hold
   besides tensors; anything else is refused with an explanation (never ``weights_only=False``). Saving, loading and

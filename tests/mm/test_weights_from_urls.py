@@ -82,3 +82,18 @@ def test_foreign_file_in_init_cfg_names_the_base_config(tmp_path):
     with pytest.raises(ForeignCheckpointError, match=r"fit none of the layouts.*another architecture.*inherited from "
                                                      r"the base config's backbone dict.*_delete_=True"):
         backbone.init_weights()
+
+
+def test_load_from_converts_an_official_detector(ef_dense_roundtrip, tmp_path):
+    """An official dense checkpoint (EfficientFormer L1 Mask R-CNN, mmdet 2.x layout: the one family whose official
+    detectors need conversion) loads strictly through mmengine's load_checkpoint, what ``load_from`` runs."""
+    from mmengine.runner import load_checkpoint
+
+    from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config
+
+    cfg = load_config(os.path.join(ROOT, "configs", "efficientformer", "mask-rcnn_efficientformer-l1_fpn_8xb2-1x_coco.py"))
+    src, _, _, _ = ef_dense_roundtrip(cfg, {"mmdet_version": "2.19.0"})
+    model = build_model_from_cfg(cfg)
+    load_checkpoint(model, str(tmp_path / "official.pth"), map_location="cpu", strict=True)
+    theirs = src.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
