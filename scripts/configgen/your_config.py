@@ -205,7 +205,6 @@ def render(specs=None) -> str:
 def snippets(text: str) -> Dict[str, List[str]]:
     """``{section title: [code of each snippet]}`` of a rendered page (what the tests build)."""
     out: Dict[str, List[str]] = {}
-    section = None
     for block in text.split("\n## ")[1:]:
         section = block.split("\n", 1)[0]
         codes = [c.split("\n", 1)[1].rsplit("\n", 1)[0] for c in block.split("```")[1::2]]

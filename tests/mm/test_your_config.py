@@ -71,8 +71,8 @@ def inputs(scope):
     return dict(inputs=[image], data_samples=[SegDataSample(metainfo=meta)])
 
 
-@pytest.mark.parametrize("title,code", OPENMMLAB, ids=[f"{t.split(': ')[1]}-{i % len(families())}"
-                                                       for i, (t, _) in enumerate(OPENMMLAB)])
+@pytest.mark.parametrize("title,code", OPENMMLAB, ids=[f"{t.split(': ')[1]}-{families()[i % len(families())].key}"
+                                                       for i, (t, _) in enumerate(OPENMMLAB)])  # (family order)
 def test_snippet_builds_and_predicts(title, code, tmp_path):
     cfg, scope, model = build(code, tmp_path)
     spec = next(s for s in families() if s.name == cfg.model.backbone.type)
