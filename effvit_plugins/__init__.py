@@ -17,7 +17,9 @@ config runs). Without mmengine installed: nothing. With mmengine:
 
   - mmengine's checkpoint loader for local files reads with ``torch.load(weights_only=True)`` plus an allow-list,
     and ``HistoryBuffer`` pickles without its method table: on torch >= 2.6 mmengine 0.10.7 cannot load its own
-    runner checkpoints (``--resume``, ``load_from``, tools/test.py) otherwise (:mod:`effvit_plugins.mm.compat`);
+    runner checkpoints (``--resume``, ``load_from``, tools/test.py) otherwise; the same loader takes URLs and
+    ``open-mmlab://`` / ``torchvision://`` names (hash-checked downloads) and converts our families' official files
+    (:mod:`effvit_plugins.mm.compat`);
   - ``lvis.eval`` sees ``np.float``, which numpy 1.24 removed and lvis 0.5.3 evaluates with (numpy itself is not
     changed; :mod:`effvit_plugins.compat.lvis`). The Detectron2 trainer applies this one itself when it builds
     an LVIS evaluator.

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .checkpoint import CheckpointError, load_weights_file, unwrap_state_dict
+from .checkpoint import CheckpointError, ForeignCheckpointError, is_zoo_name, load_weights_file, unwrap_state_dict
 from .models.spec import FamilySpec, families, family_keys, get_family
 
 # where the backbone sits in Detectron2's FPN models (GeneralizedRCNN / RetinaNet / SemanticSegmentor + FPN):
@@ -104,7 +104,18 @@ def convert_file(src: str, dst: str, family: Optional[str] = None, to: str = "mm
 
 def backbone_state_dict(path: str, family: str, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Backbone weights from a weight file: an official checkpoint (converted), one of our converted/trained
-    checkpoints (``backbone.`` stripped), or a bare backbone state dict. ``prefix`` selects keys explicitly."""
+    checkpoints (``backbone.`` stripped), or a bare backbone state dict. ``prefix`` selects keys explicitly.
+    ``path``: a local path or URL (:func:`effvit_plugins.checkpoint.resolve_checkpoint`).
+
+    Raises:
+        ForeignCheckpointError: ``path`` is an mmengine model-zoo name (``open-mmlab://``, ``torchvision://``:
+            always another architecture's weights; raised before anything is downloaded).
+    """
+    spec = get_family(family)
+    if is_zoo_name(path):
+        raise ForeignCheckpointError(
+            f"{path!r} names a model of mmengine's model zoo (torchvision's / OpenMMLab's own ResNet-like models), "
+            f"never {spec.title} weights; nothing was downloaded.")
     sd = unwrap_state_dict(load_weights_file(path))
     if prefix:
         sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
@@ -112,7 +123,6 @@ def backbone_state_dict(path: str, family: str, prefix: Optional[str] = None) ->
             raise CheckpointError(f"No key of {path!r} starts with prefix {prefix!r} "
                                   f"(first keys: {list(sd)[:5]}). Use prefix=None for a bare backbone file.")
         sd = sub
-    spec = get_family(family)
     found = detect_family(sd)
     if found is not None:
         if found != family:
@@ -143,6 +153,11 @@ def load_backbone_weights(model: torch.nn.Module, path: str, family: str, prefix
     sd = backbone_state_dict(path, family, prefix)
     own = model.state_dict()
     matched = [k for k in sd if k in own]
+    if not matched and detect_family(sd) is None:
+        raise ForeignCheckpointError(
+            f"None of the {len(sd)} tensors in {path!r} matches a parameter of {type(model).__name__}, and its keys "
+            f"(like {list(sd)[:3]}) fit none of the layouts of {', '.join(s.title for s in families())}: it holds "
+            "the weights of another architecture. Nothing was loaded.")
     if not matched:
         raise CheckpointError(
             f"None of the {len(sd)} tensors in {path!r} matches a parameter of {type(model).__name__} "

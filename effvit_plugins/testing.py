@@ -13,16 +13,25 @@
 * :func:`check_backbone_contract` and the ``check_*`` functions it runs: the backbone contract, for any registered
   family (``tests/models/test_backbone_contract.py`` runs them for every family).
 * :func:`mim_search_names` -- the model names in the output of OpenMMLab's ``mim search``.
+* Weights from URLs: :func:`serve_directory` (a loopback HTTP server of a folder), :func:`save_hashed` (a file
+  named with its SHA-256 prefix, torch.hub's convention) and :func:`save_official_classifier` (a random classifier
+  saved so, in its family's official layout).
 
 Framework-free: mmengine / mmdet (and timm) are imported only by the functions that use them.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import http.server
 import inspect
 import math
+import os
 import pickle
 import re
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+import threading
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -612,3 +621,50 @@ def check_backbone_contract(family: SpecLike, variant: Optional[str] = None, tmp
 def mim_search_names(output: str) -> list:
     """The model names ``mim search PACKAGE`` printed (openmim 0.3.9: a ``config id: NAME`` line per model)."""
     return [line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith("config id:")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Weights from URLs
+# ---------------------------------------------------------------------------------------------------------------
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002  (no access log on stderr)
+        pass
+
+
+@contextlib.contextmanager
+def serve_directory(path: str) -> Iterator[str]:
+    """Serve the folder ``path`` over HTTP on 127.0.0.1 (a free port, a background thread) while the block runs;
+    yields the base URL (``http://127.0.0.1:PORT/``). Missing files answer 404."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(_QuietHandler, directory=os.fspath(path)))
+    thread = threading.Thread(target=server.serve_forever, kwargs=dict(poll_interval=0.05), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def save_hashed(obj, directory: str, stem: str, ext: str = ".pth", digits: int = 8) -> str:
+    """``torch.save(obj)`` to ``directory/<stem>-<first digits of its SHA-256>.<ext>`` (torch.hub's naming);
+    returns the file name."""
+    tmp = os.path.join(directory, f"{stem}.unnamed")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    name = f"{stem}-{digest[:digits]}{ext}"
+    os.replace(tmp, os.path.join(directory, name))
+    return name
+
+
+def save_official_classifier(directory: str, family: SpecLike, variant: Optional[str] = None, seed: int = 0
+                             ) -> Tuple[str, nn.Module]:
+    """A random ImageNet classifier of ``family`` (default: the smallest variant) saved as its official release
+    file would hold it (:func:`official_state_dict` under ``'model'``), named ``<stem>-<sha256 prefix>.pth`` in
+    ``directory``. Returns ``(file name, classifier)``."""
+    spec = as_spec(family)
+    classifier = randomize_model(build_classifier(spec, variant), seed)
+    stem = f"{spec.key}_{variant or spec.variants[0]}"
+    return save_hashed({"model": official_state_dict(classifier)}, directory, stem), classifier

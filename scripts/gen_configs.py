@@ -36,6 +36,7 @@ def main(argv=None) -> int:
             print(path)
         return 0
     stale = configgen.run(write=not args.check, specs=specs, with_complexity=not args.no_complexity)
+    stale += __import__("configgen.your_config").your_config.sync(not args.check, configgen.ROOT) if not specs else []
     if args.check:
         if stale:
             print("out of date (run python scripts/gen_configs.py):\n  " + "\n  ".join(stale))

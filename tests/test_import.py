@@ -48,10 +48,11 @@ PROBE = """
     from mmengine.logging.history_buffer import HistoryBuffer
     from mmengine.runner.checkpoint import CheckpointLoader
     from effvit_plugins.compat.lvis import _LvisEvalFinder
-    from effvit_plugins.mm.compat import load_runner_checkpoint
+    from effvit_plugins.mm.compat import load_from_effvit_plugins
     from effvit_plugins.models.spec import families
     from mmdet.registry import MODELS
-    print("loader patched:", CheckpointLoader._schemes[""] is load_runner_checkpoint)
+    print("loader patched:", all(CheckpointLoader._schemes[p] is load_from_effvit_plugins
+                                 for p in ("", "https://", "open-mmlab://", "torchvision://")))
     print("history buffer patched:", HistoryBuffer.__getstate__.__module__ == "effvit_plugins.mm.compat")
     print("lvis hook:", any(isinstance(f, _LvisEvalFinder) for f in sys.meta_path))
     print("registered:", all(MODELS.get(s.name) is not None for s in families()))

@@ -8,7 +8,9 @@ SRC: an official release file -- wrapped in 'state_dict' / 'model' or bare; clas
 detectors need no conversion). The family is detected from the keys unless --family is given. DST loads with
 0 missing / 0 unexpected keys into the model of the matching config: detection -> mmdet detector (backbone.*,
 neck.*, rpn_head.* / roi_head.* / bbox_head.*), segmentation -> mmseg EncoderDecoder (backbone.*, decode_head.*),
-classification -> mmpretrain ImageClassifier (backbone.*, head.*). SRC is read with torch.load(weights_only=True).
+classification -> mmpretrain ImageClassifier (backbone.*, head.*). SRC is read with torch.load(weights_only=True);
+it may be a local path, an http(s):// URL (downloaded once to the torch hub cache and checked against the SHA-256
+prefix in its file name, if it has one) or an mmengine model-zoo name.
 
 --to detectron2 writes the backbone alone under Detectron2's names (``backbone.bottom_up.*``, the place of the
 backbone in every FPN model of configs/detectron2/): for ``MODEL.WEIGHTS`` or a LazyConfig's
@@ -29,7 +31,7 @@ def main(argv=None):
     from effvit_plugins.models.spec import family_keys
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("src", help="official checkpoint file")
+    p.add_argument("src", help="official checkpoint: a local path or an http(s):// URL")
     p.add_argument("dst", help="output file (a {'state_dict': ..., 'meta': ...} dict)")
     p.add_argument("--family", choices=sorted(family_keys()), default=None,
                    help="model family (default: detected from the checkpoint's keys)")

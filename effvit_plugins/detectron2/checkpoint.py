@@ -1,8 +1,11 @@
 """Checkpoints for Detectron2 models with our backbones: official weight files via ``MODEL.WEIGHTS``, and
 Detectron2 / fvcore checkpoints under torch >= 2.6 without ``weights_only=False``.
 
-:class:`EffViTCheckpointer` is Detectron2's ``DetectionCheckpointer`` with three changes:
+:class:`EffViTCheckpointer` is Detectron2's ``DetectionCheckpointer`` with four changes:
 
+* a URL (``http(s)://``) or an mmengine model-zoo name (``open-mmlab://``, ``torchvision://``) in ``MODEL.WEIGHTS``
+  is fetched by :func:`effvit_plugins.checkpoint.resolve_checkpoint` (the torch hub cache, checked against the hash
+  in the file name) instead of iopath's cache; Detectron2's own ``detectron2://`` names still go to iopath.
 * ``.pth`` files are read by :func:`load_d2_checkpoint`: ``torch.load(weights_only=True)`` extended by an
   allow-list (numpy arrays / scalars, standard containers) for what Detectron2 / fvcore training checkpoints hold
   besides tensors; anything else is refused with an explanation (never ``weights_only=False``). Saving, loading and
@@ -28,8 +31,8 @@ from typing import Optional, Tuple
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..checkpoint import (CONTAINER_GLOBALS, NUMPY_GLOBALS, NUMPY_PREFIXES, CheckpointError, load_allowlisted,
-                          unwrap_state_dict)
+from ..checkpoint import (CONTAINER_GLOBALS, NUMPY_GLOBALS, NUMPY_PREFIXES, REMOTE_PREFIXES, CheckpointError,
+                          load_allowlisted, resolve_checkpoint, unwrap_state_dict)
 from ..convert import convert_official, detect_family, load_backbone_weights
 from ..models.spec import family_keys, get_family
 from .backbone import D2BackboneMixin, UpsampleFPNBackbone
@@ -68,6 +71,11 @@ class _AllowListUnpickler(pickle.Unpickler):
 class EffViTCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` that reads files safely and recognises our families' weight files (see the
     module docstring). Drop-in: ``EffViTCheckpointer(model, save_dir).resume_or_load(cfg.MODEL.WEIGHTS, ...)``."""
+
+    def load(self, path: str, *args, **kwargs):
+        if path and path.startswith(REMOTE_PREFIXES):
+            path = resolve_checkpoint(path)
+        return super().load(path, *args, **kwargs)
 
     def _torch_load(self, f):
         return load_d2_checkpoint(f)

@@ -15,14 +15,27 @@ mapped to :func:`_history_buffer_getattr`, which resolves only HistoryBuffer's r
 Checkpoints saved after ``import effvit_plugins`` omit that table altogether (``HistoryBuffer.__setstate__``
 rebuilds it on load, and custom methods are re-registered when their module is imported), so nothing is lost.
 
-Both changes are :data:`PATCH`, applied by ``import effvit_plugins`` unless ``EFFVIT_PLUGINS_NO_PATCHES=1``
+The same loader also takes over mmengine's schemes for URLs and model-zoo names (``http://``, ``https://``,
+``open-mmlab://``, ``openmmlab://``, ``torchvision://``, ``modelzoo://``; what ``load_from=``, ``--resume`` and
+mmengine's own ``init_cfg=dict(type='Pretrained')`` read): the file is fetched by
+:func:`effvit_plugins.checkpoint.resolve_checkpoint` (the torch hub cache, checked against the hash in its name) and
+read as above, where mmengine's ``load_url`` would skip the hash check. Whatever the source, an official checkpoint
+of one of our families (:func:`effvit_plugins.convert.detect_family`) is converted to our OpenMMLab layout before
+mmengine loads it into the model, so ``load_from=<official ImageNet file>`` works for our mmpretrain classifiers as
+``init_cfg`` does for backbones. Files in our layout, runner checkpoints and other models' files pass unchanged.
+
+All of this is :data:`PATCH`, applied by ``import effvit_plugins`` unless ``EFFVIT_PLUGINS_NO_PATCHES=1``
 (:mod:`effvit_plugins.compat`).
 """
 from __future__ import annotations
 
 import pickle
 
-from ..checkpoint import CONTAINER_GLOBALS, NUMPY_GLOBALS, NUMPY_PREFIXES, load_allowlisted
+import os
+from typing import Any, Mapping
+
+from ..checkpoint import (CONTAINER_GLOBALS, NUMPY_GLOBALS, NUMPY_PREFIXES, REMOTE_PREFIXES, CheckpointError,
+                          load_allowlisted, resolve_checkpoint, unwrap_state_dict)
 from ..compat import Patch
 
 ALLOWED_GLOBALS = NUMPY_GLOBALS | CONTAINER_GLOBALS | {
@@ -51,6 +64,37 @@ def load_runner_checkpoint(filename: str, map_location=None):
              "and save them alone.")
 
 
+def converted_if_official(checkpoint: Any, source: str) -> Any:
+    """``checkpoint`` itself, or (an official checkpoint of one of our families, whose layout differs from ours)
+    ``{'state_dict': <our OpenMMLab layout>, 'meta': {'converted_from': ..., 'family': ...}}``."""
+    from mmengine.logging import print_log
+
+    from ..convert import convert_official, detect_family
+
+    if not isinstance(checkpoint, Mapping):
+        return checkpoint
+    try:
+        sd = unwrap_state_dict(checkpoint)
+    except CheckpointError:  # no tensors at all: not a weight file of ours
+        return checkpoint
+    family = detect_family(sd)
+    if family is None:
+        return checkpoint
+    _, out = convert_official(sd, family)
+    if out.keys() == sd.keys():  # already our layout (or a family whose official layout is ours)
+        return checkpoint
+    print_log(f"{source}: an official {family} checkpoint, converted to the OpenMMLab layout ({len(sd)} -> "
+              f"{len(out)} tensors)", logger="current")
+    return {"state_dict": out, "meta": {"converted_from": os.path.basename(source), "family": family}}
+
+
+def load_from_effvit_plugins(filename: str, map_location=None):
+    """mmengine's checkpoint loader for local paths, URLs and model-zoo names (see the module docstring). The
+    name's tail is what mmengine logs: "Loads checkpoint by effvit_plugins backend"."""
+    checkpoint = load_runner_checkpoint(resolve_checkpoint(filename), map_location)
+    return converted_if_official(checkpoint, filename)
+
+
 _PATCHED = False
 
 
@@ -59,20 +103,23 @@ def _history_buffer_state(self) -> dict:
 
 
 def patch_mmengine_checkpoint_loading() -> bool:
-    """Route mmengine's local-file loader (``CheckpointLoader`` fallback scheme) through our loader, and save
-    ``HistoryBuffer`` objects in a form that loads with ``weights_only=True``. False when already done."""
+    """Route mmengine's loaders of local files (``CheckpointLoader``'s fallback scheme), URLs and model-zoo names
+    through :func:`load_from_effvit_plugins`, and save ``HistoryBuffer`` objects in a form that loads with
+    ``weights_only=True``. False when already done."""
     global _PATCHED
     if _PATCHED:
         return False
     from mmengine.logging.history_buffer import HistoryBuffer
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    CheckpointLoader.register_scheme(prefixes="", force=True)(load_runner_checkpoint)
+    CheckpointLoader.register_scheme(prefixes=("",) + REMOTE_PREFIXES, force=True)(load_from_effvit_plugins)
     HistoryBuffer.__getstate__ = _history_buffer_state
     _PATCHED = True
     return True
 
 
-PATCH = Patch("mmengine's checkpoint loader for local files (torch.load with weights_only=True plus an allow-list, "
-              "so runner checkpoints load on torch >= 2.6) and HistoryBuffer's pickling",
+PATCH = Patch("mmengine's checkpoint loader for local files, URLs and open-mmlab:// / torchvision:// names "
+              "(torch.load with weights_only=True plus an allow-list, so runner checkpoints load on torch >= 2.6; "
+              "downloads checked against the hash in their name; our families' official files converted) and "
+              "HistoryBuffer's pickling",
               patch_mmengine_checkpoint_loading)

@@ -102,3 +102,25 @@ def test_training_checkpoint_round_trip_and_refusal(tmp_path):
     torch.save({"model": model.state_dict(), "args": argparse.Namespace(lr=1)}, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="argparse.Namespace"):
         load_d2_checkpoint(str(tmp_path / "bad.pth"))
+
+
+def test_model_weights_url_loads_through_the_hub_cache(tmp_path, monkeypatch):
+    """MODEL.WEIGHTS = a URL (a loopback server): downloaded into the torch hub cache (not iopath's), hash-checked,
+    converted and loaded into the backbone."""
+    from effvit_plugins.testing import save_official_classifier, serve_directory
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    spec = next(s for s in families() if s.classifier is not None and s.classifier.official_key_prefixes)
+    arch = spec.variants[0]
+    (tmp_path / "www").mkdir()
+    name, classifier = save_official_classifier(str(tmp_path / "www"), spec, arch)
+    expected = {k[len("backbone."):]: v for k, v in classifier.state_dict().items() if k.startswith("backbone.")}
+    model = model_of(mask_rcnn_config(spec, arch))
+    with serve_directory(tmp_path / "www") as base:
+        EffViTCheckpointer(model).resume_or_load(base + name, resume=False)
+    assert os.listdir(tmp_path / "torch" / "hub" / "checkpoints") == [name]
+    loaded = [k for k, v in model.backbone.bottom_up.state_dict().items()
+              if k in expected and v.shape == expected[k].shape and torch.equal(v, expected[k])]
+    assert len(loaded) > 0.8 * len(expected)
