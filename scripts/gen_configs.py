@@ -1,6 +1,7 @@
 """Write every generated config, README and metafile under configs/ from the family specs (see scripts/configgen/).
 
-    python scripts/gen_configs.py                      # (re)write them (and model-index.yml, README.md's model zoo)
+    python scripts/gen_configs.py                      # (re)write them (and model-index.yml, README.md's model zoo,
+                                                       # docs/your_config.md)
     python scripts/gen_configs.py --check              # exit 1 and list the stale files
     python scripts/gen_configs.py --dry-run [--family KEY ...]   # print the paths it would write
 
@@ -30,13 +31,12 @@ def main(argv=None) -> int:
 
         specs = [get_family(k) for k in args.family]  # unknown key: an error listing the valid ones
     if args.dry_run:
-        index = [configgen.metafile.INDEX] if specs is None else []
+        index = [configgen.metafile.INDEX, configgen.your_config.PATH] if specs is None else []
         for path in list(configgen.configs(specs)) + configgen.readme_paths(specs) + configgen.metafile_paths(specs) \
                 + index:
             print(path)
         return 0
     stale = configgen.run(write=not args.check, specs=specs, with_complexity=not args.no_complexity)
-    stale += __import__("configgen.your_config").your_config.sync(not args.check, configgen.ROOT) if not specs else []
     if args.check:
         if stale:
             print("out of date (run python scripts/gen_configs.py):\n  " + "\n  ".join(stale))

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Iterable, List, Optional
 
-from . import cls, detectron2, docs, metafile, mmdet, mmseg
+from . import cls, detectron2, docs, metafile, mmdet, mmseg, your_config
 from .common import MARKER, ROOT, Generated
 
 GENERATORS = (cls, mmdet, mmseg, detectron2)
@@ -150,8 +150,8 @@ def _read(path: str) -> Optional[str]:
 
 def run(write: bool, specs: Optional[Iterable] = None, root: str = ROOT, with_complexity: bool = True) -> List[str]:
     """Compare (and with ``write`` rewrite) every generated file, the folder READMEs and metafiles, the root
-    model-index.yml and README.md's model zoo. Marked files the generator no longer produces are removed (only when
-    all families are generated). Returns the stale paths."""
+    model-index.yml, docs/your_config.md and README.md's model zoo. Marked files the generator no longer produces
+    are removed (only when all families are generated). Returns the stale paths."""
     entries = generated(specs)
     files = {g.path: g.text for g in entries}
     stale = [p for p, t in files.items() if _read(os.path.join(root, p)) != t]
@@ -173,6 +173,7 @@ def run(write: bool, specs: Optional[Iterable] = None, root: str = ROOT, with_co
     docs_files.update(metafiles(specs, count, folder_entries))
     if specs is None:
         docs_files[metafile.INDEX] = model_index()
+        docs_files[your_config.PATH] = your_config.render()
     for p, t in docs_files.items():
         if _read(os.path.join(root, p)) != t:
             stale.append(p)

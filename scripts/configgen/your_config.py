@@ -211,16 +211,3 @@ def snippets(text: str) -> Dict[str, List[str]]:
         if codes:
             out[section] = codes
     return out
-
-
-def sync(write: bool, root: str) -> List[str]:
-    """Compare (and with ``write`` rewrite) ``docs/your_config.md``; returns it when it was stale."""
-    path = os.path.join(root, PATH)
-    text = render()
-    current = open(path, encoding="utf-8").read() if os.path.isfile(path) else None
-    if current == text:
-        return []
-    if write:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    return [PATH]

@@ -96,7 +96,7 @@ def test_model_zoo_in_readme(entries):
 def test_check_and_dry_run(capsys, entries):
     assert gen_configs.main(["--dry-run"]) == 0
     assert capsys.readouterr().out.split() == ([g.path for g in entries] + configgen.readme_paths()
-                                               + configgen.metafile_paths() + [metafile.INDEX])
+                                               + configgen.metafile_paths() + [metafile.INDEX, configgen.your_config.PATH])
     key = families()[-1].key
     assert gen_configs.main(["--dry-run", "--family", key]) == 0
     folder = get_family(key).config_folder
