@@ -18,6 +18,19 @@ CLASSIFIER = "efficientvit-msra-m0_8xb256_in1k"
 SMALL_DET = {"test_dataloader.dataset.pipeline.1.scale": (128, 128), "model.test_cfg.rcnn.score_thr": 0.0}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def visualizers_restored():
+    """The inferencers built here create visualizers, and mmengine's visualization hooks draw with the latest one
+    created in the process (``Visualizer.get_current_instance``): afterwards the process's list is put back, so the
+    tools run in this process by later tests (tests/tools) draw with their own runner's visualizer."""
+    from mmengine.visualization import Visualizer
+
+    before = dict(Visualizer._instance_dict)
+    yield
+    Visualizer._instance_dict.clear()
+    Visualizer._instance_dict.update(before)
+
+
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "generated.jpg"
