@@ -616,11 +616,40 @@ def check_backbone_contract(family: SpecLike, variant: Optional[str] = None, tmp
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# OpenMMLab's mim
+# OpenMMLab's mim and mmengine's process-wide visualizers
 # ---------------------------------------------------------------------------------------------------------------
 def mim_search_names(output: str) -> list:
     """The model names ``mim search PACKAGE`` printed (openmim 0.3.9: a ``config id: NAME`` line per model)."""
     return [line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith("config id:")]
+
+
+@contextlib.contextmanager
+def fresh_visualizers() -> Iterator[None]:
+    """Inside the block, mmengine's visualizers start as in a new process; afterwards the old ones are back.
+
+    mmengine keeps every visualizer created in the process, per class (``ManagerMixin``): a runner that asks for a
+    name already taken gets the old instance without it becoming the current one, and the visualization hooks draw
+    with the latest one created (``Visualizer.get_current_instance``), e.g. an mmseg visualizer left by an earlier
+    inferencer under mmdet's hook. Tools run in the test process (``main(argv)``) and inferencers go through this."""
+    from mmengine.visualization import Visualizer
+
+    def classes():
+        found, todo = [], [Visualizer]
+        while todo:
+            cls = todo.pop()
+            found.append(cls)
+            todo.extend(cls.__subclasses__())
+        return found
+
+    before = {cls: dict(cls._instance_dict) for cls in classes()}
+    for cls in before:
+        cls._instance_dict.clear()
+    try:
+        yield
+    finally:
+        for cls in classes():
+            cls._instance_dict.clear()
+            cls._instance_dict.update(before.get(cls, {}))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -53,12 +53,23 @@ def repo_root():
 
 
 def _load_tool(name: str):
-    """``tools/<name>.py`` as a module (the tools are scripts, not a package), to call its ``main(argv)``."""
+    """``tools/<name>.py`` as a module (the tools are scripts, not a package), to call its ``main(argv)``; each call
+    of ``main`` sees mmengine's visualizers as a new process would (:func:`effvit_plugins.testing.fresh_visualizers`)."""
+    import functools
     import importlib.util
+
+    from effvit_plugins.testing import fresh_visualizers
 
     spec = importlib.util.spec_from_file_location(f"effvit_tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    main = getattr(module, "main", None)
+    if main is not None:
+        @functools.wraps(main)
+        def main_in_fresh_process_state(*args, **kwargs):
+            with fresh_visualizers():
+                return main(*args, **kwargs)
+        module.main = main_in_fresh_process_state
     return module
 
 

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from effvit_plugins import apis
+from effvit_plugins.testing import fresh_visualizers
 
 DETECTOR = "mask-rcnn_edgevit-xxs_fpn_8xb2-1x_coco"
 SEGMENTOR = "fpn_edgevit-xxs_8xb4-40k_ade20k-512x512"
@@ -20,15 +21,9 @@ SMALL_DET = {"test_dataloader.dataset.pipeline.1.scale": (128, 128), "model.test
 
 @pytest.fixture(scope="module", autouse=True)
 def visualizers_restored():
-    """The inferencers built here create visualizers, and mmengine's visualization hooks draw with the latest one
-    created in the process (``Visualizer.get_current_instance``): afterwards the process's list is put back, so the
-    tools run in this process by later tests (tests/tools) draw with their own runner's visualizer."""
-    from mmengine.visualization import Visualizer
-
-    before = dict(Visualizer._instance_dict)
-    yield
-    Visualizer._instance_dict.clear()
-    Visualizer._instance_dict.update(before)
+    """The inferencers here create mmengine visualizers; the process's own come back afterwards."""
+    with fresh_visualizers():
+        yield
 
 
 @pytest.fixture(scope="module")
