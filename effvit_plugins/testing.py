@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import http.server
 import inspect
 import math
@@ -679,11 +678,11 @@ def serve_directory(path: str) -> Iterator[str]:
 def save_hashed(obj, directory: str, stem: str, ext: str = ".pth", digits: int = 8) -> str:
     """``torch.save(obj)`` to ``directory/<stem>-<first digits of its SHA-256>.<ext>`` (torch.hub's naming);
     returns the file name."""
+    from .checkpoint import sha256_of
+
     tmp = os.path.join(directory, f"{stem}.unnamed")
     torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    name = f"{stem}-{digest[:digits]}{ext}"
+    name = f"{stem}-{sha256_of(tmp)[:digits]}{ext}"
     os.replace(tmp, os.path.join(directory, name))
     return name
 
