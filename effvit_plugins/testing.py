@@ -696,3 +696,48 @@ def save_official_classifier(directory: str, family: SpecLike, variant: Optional
     classifier = randomize_model(build_classifier(spec, variant), seed)
     stem = f"{spec.key}_{variant or spec.variants[0]}"
     return save_hashed({"model": official_state_dict(classifier)}, directory, stem), classifier
+
+
+def detectron2_tools_dir() -> str:
+    """Detectron2's ``tools/`` folder (its own scripts: ``plain_train_net.py``, ``lazyconfig_train_net.py``,
+    ``deploy/export_model.py``, ...) of the Detectron2 source we build, extracted once from the pinned archive.
+
+    The archive is the one ``scripts/setup.sh`` builds Detectron2 from: ``$EFFVIT_THIRD_PARTY`` (default
+    ``../shared/third_party`` next to the checkout)/``detectron2-02b5c4e.tar.gz``; ``$DETECTRON2_TOOLS`` names a
+    ``tools/`` folder to use instead. The copy lives in ``$EFFVIT_CACHE`` (default ``~/.cache/effvit_plugins``).
+    """
+    import tarfile
+
+    explicit = os.environ.get("DETECTRON2_TOOLS")
+    if explicit:
+        if not os.path.isfile(os.path.join(explicit, "plain_train_net.py")):
+            raise FileNotFoundError(f"DETECTRON2_TOOLS={explicit!r} is not Detectron2's tools/ folder "
+                                    "(no plain_train_net.py in it).")
+        return explicit
+    from .resources import source_root
+
+    third_party = os.environ.get("EFFVIT_THIRD_PARTY") or os.path.join(source_root() or os.getcwd(), "..", "shared",
+                                                                               "third_party")
+    archive = os.path.join(third_party, "detectron2-02b5c4e.tar.gz")
+    cache = os.environ.get("EFFVIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "effvit_plugins")
+    target = os.path.join(cache, "detectron2-02b5c4e-tools")
+    tools = os.path.join(target, "detectron2", "tools")
+    if os.path.isfile(os.path.join(tools, "deploy", "export_model.py")):
+        return tools
+    if not os.path.isfile(archive):
+        raise FileNotFoundError(f"Detectron2's tool scripts are needed and were looked for in {archive} (the archive "
+                                "scripts/setup.sh builds Detectron2 from). Set EFFVIT_THIRD_PARTY to the folder "
+                                "holding detectron2-02b5c4e.tar.gz, or DETECTRON2_TOOLS to a Detectron2 tools/ folder.")
+    tmp = target + f".tmp{os.getpid()}"
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith("detectron2/tools/") and m.isfile()]
+        tar.extractall(tmp, members=members, filter="data")
+    os.makedirs(cache, exist_ok=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process extracted it first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tools
