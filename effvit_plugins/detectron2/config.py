@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_effvit_config"]
+__all__ = ["ConfigNotHonouredError", "add_effvit_config"]
+
+
+class ConfigNotHonouredError(RuntimeError):
+    """A config key that the run cannot honour (e.g. ``SOLVER.OPTIMIZER`` when a trainer builds another optimiser,
+    ``MODEL.DEVICE cuda`` without CUDA under :mod:`effvit_plugins.detectron2.run`): the run stops instead of
+    silently doing something else."""
 
 
 def add_effvit_config(cfg: CN) -> CN:
