@@ -138,9 +138,11 @@ def _patch_build_model() -> None:
 
 def _in_launched_process(main_func: Callable, *args):
     """What ``launch()`` runs: the patches in this process too (a process it spawned for ``--num-gpus N`` is a new
-    interpreter that imported the tool script before anything was patched), then the tool's ``main``."""
+    interpreter that imported the tool script, as ``__main__``, before anything was patched), then the tool's
+    ``main``."""
     install()
-    rebind(main_func.__globals__)
+    rebind(vars(sys.modules["__main__"]))
+    rebind(getattr(main_func, "__globals__", {}))  # (main may come from a module the script imported)
     return main_func(*args)
 
 

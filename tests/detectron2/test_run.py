@@ -227,3 +227,38 @@ def test_usage_errors(capsys):
     assert e.value.code == 0 and "Detectron2's own tools" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"no such script 'nowhere/plain_train_net\.py'.*tools/plain_train_net\.py"):
         main(["nowhere/plain_train_net.py"])
+
+
+def test_check_solver_names_each_key_not_honoured():
+    """What the patched DefaultTrainer.__init__ checks, key by key (in-process: no patch needed)."""
+    from detectron2.config import get_cfg
+    from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
+
+    from effvit_plugins.detectron2 import add_effvit_config
+    from effvit_plugins.detectron2.config import ConfigNotHonouredError
+    from effvit_plugins.detectron2.solver import build_lr_scheduler, build_optimizer, check_solver
+
+    model = torch.nn.Module()
+    model.proj = torch.nn.Linear(4, 4)
+    model.attention_biases = torch.nn.Parameter(torch.zeros(2, 3))
+    cfg = add_effvit_config(get_cfg())
+    cfg.merge_from_list(["SOLVER.OPTIMIZER", "ADAMW", "SOLVER.BETAS", "(0.8, 0.9)", "SOLVER.WEIGHT_DECAY_ATTN_BIAS",
+                         "0.01", "SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR"])
+    ours = build_optimizer(cfg, model)
+    check_solver(cfg, ours, build_lr_scheduler(cfg, ours), model, built_by="T")  # what the keys say: passes
+
+    def fails(optimizer, scheduler=None, match=""):
+        with pytest.raises(ConfigNotHonouredError, match=match):
+            check_solver(cfg, optimizer, scheduler or build_lr_scheduler(cfg, optimizer), model, built_by="T")
+
+    fails(torch.optim.SGD(model.parameters(), lr=1e-3), match=r"SOLVER.OPTIMIZER is 'ADAMW' .* T.build_optimizer built"
+                                                              r" SGD.*Remove T.build_optimizer")
+    fails(torch.optim.Adam(model.parameters(), betas=(0.8, 0.9)), match="built Adam")
+    fails(torch.optim.AdamW(model.parameters(), betas=(0.9, 0.999)), match=r"SOLVER.BETAS is \(0.8, 0.9\)")
+    fails(torch.optim.AdamW(model.parameters(), betas=(0.8, 0.9), weight_decay=0.05),
+          match=r"WEIGHT_DECAY_ATTN_BIAS is 0.01 .* attention_biases weight decay 0.05")
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
+    other = d2_build_lr_scheduler(cfg, ours)
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
+    fails(ours, other, match=r"LR_SCHEDULER_NAME is 'WarmupPolyLR' but T.build_lr_scheduler built LRMultiplier.*"
+                             r"Remove T.build_lr_scheduler")
