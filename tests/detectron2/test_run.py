@@ -195,7 +195,8 @@ from detectron2.utils import comm
 def main(args):
     cfg = get_cfg()
     print(f"rank {comm.get_rank()} of {comm.get_world_size()}: OPTIMIZER {cfg.SOLVER.OPTIMIZER}, "
-          f"{build_optimizer.__module__}, {build_lr_scheduler.__module__}, {DetectionCheckpointer.__name__}", flush=True)
+          f"{build_optimizer.__module__}, {build_lr_scheduler.__module__}, {DetectionCheckpointer.__name__}",
+          flush=True)
 
 
 if __name__ == "__main__":
