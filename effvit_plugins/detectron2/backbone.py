@@ -49,7 +49,7 @@ def feature_name(stride: int) -> str:
 class _Padding:
     """``size_divisibility`` / ``padding_constraints`` of a Detectron2 backbone from ``self._size_divisibility``."""
 
-    _size_divisibility: int = 0
+    _size_divisibility = 0  # (no class-level annotation: TorchScript cannot read postponed ones)
 
     @property
     def size_divisibility(self) -> int:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
 from .spec import FamilySpec, Paper, register_family
-from .layers import DropPath, LinearMlp, drop_path_rates
+from .layers import DropPath, LinearMlp, drop_path_rates, scaled_dot_product_attention
 
 FAMILY = "EdgeViT"
 
@@ -125,8 +125,9 @@ class GlobalSparseAttn(nn.Module):
     is the full one and this is plain global attention. Sub-sampling happens in the caller, before the pre-norm
     (the norm is per token, so normalising only the picked tokens equals picking normalised tokens, and is cheaper).
 
-    Attention runs through ``F.scaled_dot_product_attention`` (fused kernels on GPU). Note for MAC counting:
-    ``FlopCounterMode`` counts it on the meta and CUDA devices but not for the fused CPU kernel, so count on
+    Attention runs through ``F.scaled_dot_product_attention`` (fused kernels on GPU; in an ONNX export the plain
+    matmul-softmax formulation, :func:`~effvit_plugins.models.layers.scaled_dot_product_attention`). Note for MAC
+    counting: ``FlopCounterMode`` counts it on the meta and CUDA devices but not for the fused CPU kernel, so count on
     ``meta`` (the default of :func:`effvit_plugins.utils.complexity.count_macs`).
     """
 
@@ -151,7 +152,7 @@ class GlobalSparseAttn(nn.Module):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        x = scaled_dot_product_attention(q, k, v, self.scale)
         x = x.transpose(1, 2).reshape(B, N, C)
         if self.LocalProp is not None:
             H, W = full_size

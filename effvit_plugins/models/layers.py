@@ -361,16 +361,35 @@ class LinearMlp(nn.Module):
 logger = logging.getLogger("effvit_plugins")
 
 
+def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                    bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``softmax(q @ k^T * scale [+ bias]) @ v`` written with matmuls (what every exporter and opset can express)
+    for (B, heads, N, dim) tensors and an optional (heads, Nq, Nk) bias."""
+    attn = torch.matmul(q * scale, k.transpose(-2, -1))
+    if bias is not None:
+        attn = attn + bias
+    return torch.matmul(attn.softmax(dim=-1), v)
+
+
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, scale=scale)`` (fused kernels); while ``torch.onnx`` exports the
+    caller, :func:`plain_attention` instead: the fused operator has no ONNX translation before opset 14 (and
+    Detectron2 exports at opset 11). Eager results are unchanged."""
+    if torch.onnx.is_in_onnx_export():
+        return plain_attention(q, k, v, scale)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
 def biased_attention(q, k, v, bias, scale: float) -> torch.Tensor:
     """``softmax(q @ k^T * scale + bias) @ v`` for (B, heads, N, dim) tensors and a (heads, Nq, Nk) bias.
 
-    On CUDA the fused kernel is used; elsewhere plain matmuls, which are faster than the CPU fused path for
-    these small maps (and are what the MAC counter sees on the meta device either way).
+    On CUDA the fused kernel is used (not in an ONNX export: see :func:`scaled_dot_product_attention`); elsewhere
+    :func:`plain_attention`, which is faster than the CPU fused path for these small maps (and is what the MAC
+    counter sees on the meta device either way).
     """
-    if q.is_cuda:
+    if q.is_cuda and not torch.onnx.is_in_onnx_export():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-    attn = torch.matmul(q * scale, k.transpose(-2, -1)) + bias
-    return torch.matmul(attn.softmax(dim=-1), v)
+    return plain_attention(q, k, v, scale, bias)
 
 
 class RelPosBias(nn.Module):
