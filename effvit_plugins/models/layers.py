@@ -448,6 +448,8 @@ class RelPosBias(nn.Module):
     ``bias_tables`` tells :func:`resize_bias_tables_on_load` the grid of each table.
     """
 
+    __jit_unused_properties__ = ["bias_table", "bias_index"]  # (dynamic names; TorchScript uses _script_bias)
+
     def _init_heads(self, num_heads: int, key_dim: int, attn_ratio: float) -> None:
         """Head geometry of the LeViT-style attentions: ``key_dim`` per head for q/k, ``d = attn_ratio * key_dim``
         per head for v (``dh`` in total)."""
