@@ -17,7 +17,10 @@ A family implements:
 * ``stage_modules()`` -- one entry per stage (the unit ``frozen_stages`` counts);
 * ``feature_steps()`` -- one list of callables per feature map: running the lists in order from the input
   produces feature ``0, 1, ...`` (each callable one checkpointing unit);
-* optionally ``prepare_input(x)`` and ``finish_feature(i, x, in_shape)`` hooks.
+* optionally ``prepare_input(x)`` and ``finish_feature(i, x, in_shape)`` hooks;
+* for TorchScript (``torch.jit.script``, Detectron2's ``--export-method scripting``): ``script_maps(x)`` -- the same
+  feature maps written out with the family's modules (iterated, not indexed by a variable), the list of every map;
+  the scripted ``forward`` returns the ``out_indices`` ones as a list.
 """
 from __future__ import annotations
 
