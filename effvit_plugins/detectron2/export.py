@@ -74,7 +74,10 @@ class AtomicWriter:
         self._done = False
 
     def __getattr__(self, name):
-        return getattr(self.__dict__["_file"], name)
+        file = self.__dict__.get("_file")
+        if file is None:
+            raise AttributeError(name)
+        return getattr(file, name)
 
     def __iter__(self):
         return iter(self._file)

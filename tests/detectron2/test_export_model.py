@@ -231,6 +231,52 @@ def test_failed_export_leaves_no_file(exported):
     assert os.listdir(exported["root"] / "failed") == []  # neither a 0-byte model.onnx nor a temporary file
 
 
+def test_roi_align_aligned_at_opset_11():
+    """Detectron2's poolers (RoIAlign, aligned=True) exported at opset 11 with the launcher's translation and run by
+    onnxruntime equal torchvision's kernel, boxes smaller than a feature pixel, of zero and negative size included
+    (torchvision's own opset-11 translation exports the unaligned operator: 3.6 here)."""
+    import io
+
+    import onnxruntime as ort
+    import torchvision
+    from torchvision.ops import _register_onnx_ops as tv_onnx
+
+    from effvit_plugins.detectron2.export import register_roi_align_aligned
+
+    class Pool(torch.nn.Module):
+        def __init__(self, size, ratio):
+            super().__init__()
+            self.size, self.ratio = size, ratio
+
+        def forward(self, x, rois):
+            return torchvision.ops.roi_align(x, rois, self.size, 0.25, self.ratio, True)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 20, 30, generator=g)
+    n = 200
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([130.0, 90.0]) - 5
+    wh = torch.rand(n, 2, generator=g) ** 3 * torch.tensor([100.0, 60.0])
+    wh[:20] = torch.rand(20, 2, generator=g) * 3  # under one feature pixel (stride 4)
+    wh[20:25, 0], wh[25:28, 1] = 0.0, -1.0
+    rois = torch.cat([torch.randint(0, 2, (n, 1), generator=g).float(), xy, xy + wh], 1)
+    register_roi_align_aligned()
+    try:
+        for size, ratio in [((7, 7), 0), ((14, 14), 0), ((3, 5), 2)]:
+            model, f = Pool(size, ratio), io.BytesIO()
+            torch.onnx.export(model, (x, rois), f, opset_version=11, dynamo=False, input_names=["x", "rois"],
+                              dynamic_axes={"rois": {0: "n"}})
+            session = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+            for r in (rois, rois[:1], rois[:0]):
+                got = torch.from_numpy(session.run(None, {"x": x.numpy(), "rois": r.numpy()})[0])
+                ref = model(x, r)
+                assert got.shape == ref.shape
+                if len(r):
+                    assert float((got - ref).abs().max()) < 2e-5, (size, ratio, float((got - ref).abs().max()))
+    finally:  # torchvision's translation again (other tests of this process)
+        torch.onnx.unregister_custom_op_symbolic("torchvision::roi_align", 11)
+        torch.onnx.register_custom_op_symbolic("torchvision::roi_align", tv_onnx.roi_align_opset11, 11)
+
+
 @pytest.mark.parametrize("spec", families(), ids=lambda s: s.key)
 def test_backbone_scripts(spec):
     """The Detectron2 backbone (core + wrapper) compiles with torch.jit.script and returns the eager maps (eager
