@@ -113,7 +113,10 @@ class AtomicWriter:
 
     def __del__(self):  # never closed (an exception between open and with): nothing is written
         if not self.__dict__.get("_done", True):
-            self.discard()
+            try:
+                self.discard()
+            except Exception:  # (interpreter shutdown)
+                pass
 
 
 def _is_local_write(path, mode: str) -> bool:

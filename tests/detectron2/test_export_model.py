@@ -231,6 +231,34 @@ def test_failed_export_leaves_no_file(exported):
     assert os.listdir(exported["root"] / "failed") == []  # neither a 0-byte model.onnx nor a temporary file
 
 
+def test_atomic_writer(tmp_path):
+    """What the launcher's PathManager.open(path, "w"/"wb") returns: the file appears, with the usual permissions,
+    only when the write completes; an error inside the with block leaves the previous file (or none)."""
+    from effvit_plugins.detectron2.export import AtomicWriter
+
+    path = tmp_path / "model.onnx"
+    with pytest.raises(RuntimeError):
+        with AtomicWriter(path, "wb") as f:
+            f.write(b"partial")
+            raise RuntimeError("export failed")
+    assert os.listdir(tmp_path) == []
+    with AtomicWriter(path, "wb") as f:
+        f.write(b"model")
+    assert path.read_bytes() == b"model" and os.listdir(tmp_path) == ["model.onnx"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(ValueError):
+        with AtomicWriter(path, "w") as f:
+            f.write("other")
+            raise ValueError
+    assert path.read_bytes() == b"model"
+    f = AtomicWriter(path, "w")
+    f.write("closed without a with block")
+    f.close()
+    assert path.read_text() == "closed without a with block" and os.listdir(tmp_path) == ["model.onnx"]
+
+
 def test_roi_align_aligned_at_opset_11():
     """Detectron2's poolers (RoIAlign, aligned=True) exported at opset 11 with the launcher's translation and run by
     onnxruntime equal torchvision's kernel, boxes smaller than a feature pixel, of zero and negative size included
