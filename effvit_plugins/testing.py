@@ -741,3 +741,69 @@ def detectron2_tools_dir() -> str:
 
         shutil.rmtree(tmp, ignore_errors=True)
     return tools
+
+
+def detectron2_sample_input(cfg, image_path: str) -> torch.Tensor:
+    """The (3, H, W) float tensor ``tools/deploy/export_model.py --sample-image image_path`` feeds the model (the
+    image read in ``cfg.INPUT.FORMAT`` and resized as ``DefaultPredictor`` does)."""
+    import detectron2.data.transforms as T
+    from detectron2.data import detection_utils
+
+    image = detection_utils.read_image(image_path, format=cfg.INPUT.FORMAT)
+    aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+    return torch.as_tensor(aug.get_transform(image).apply_image(image).astype("float32").transpose(2, 0, 1))
+
+
+def detectron2_detector_with_detections(cfg, image: torch.Tensor, seed: int = 0, logit_std: float = 2.0,
+                                        background_logit: float = -10.0) -> nn.Module:
+    """A Detectron2 detector of ``cfg`` (eval mode) with random, deterministic weights (:func:`randomize_model`)
+    whose classifier is set so that it detects things on ``image`` with well separated scores: a GeneralizedRCNN's
+    box classifier has its weights scaled so that its class logits on the image's proposals have a standard
+    deviation of ``logit_std``, and its background logit is ``background_logit`` (each box then has a few classes
+    above a threshold of a few percent); a RetinaNet's class logits get that standard deviation over all anchors
+    and a bias of ``-4 * logit_std`` (its best-scored anchors come out near 0.5, where the sigmoid separates
+    them best)."""
+    from detectron2.modeling import GeneralizedRCNN, RetinaNet, build_model
+
+    model = randomize_model(build_model(cfg), seed=seed).eval()
+    if isinstance(model, GeneralizedRCNN):
+        cls = model.roi_heads.box_predictor.cls_score
+        seen = []
+        hook = cls.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        with torch.no_grad():
+            model.inference([{"image": image}], do_postprocess=False)
+            hook.remove()
+            logits = seen[0].flatten(1) @ cls.weight[:-1].t()
+            cls.weight.mul_(logit_std / float(logits.std().clamp_min(1e-12)))
+            cls.bias.zero_()
+            cls.bias[-1] = background_logit
+    elif isinstance(model, RetinaNet):
+        cls = model.head.cls_score
+        seen = []
+        hook = cls.register_forward_hook(lambda module, args, out: seen.append(out - module.bias.view(1, -1, 1, 1)))
+        with torch.no_grad():
+            model([{"image": image}])
+            hook.remove()
+            std = float(torch.cat([t.flatten() for t in seen]).std().clamp_min(1e-12))
+            cls.weight.mul_(logit_std / std)
+            cls.bias.fill_(-4 * logit_std)
+    return model
+
+
+def run_detectron2_tools(calls: Sequence[Sequence[str]]) -> list:
+    """Run Detectron2 tool scripts one after the other in this process, as ``python -m
+    effvit_plugins.detectron2.run ARGV`` would (each call is that ARGV: the script, then its arguments): for
+    several exports at the cost of one interpreter start. Returns one entry per call: ``None`` (it ran) or the
+    formatted exception that ended it (the next call still runs)."""
+    import traceback
+
+    from .detectron2.run import main
+
+    results = []
+    for argv in calls:
+        try:
+            main(list(argv))
+            results.append(None)
+        except BaseException as e:  # noqa: B902  (SystemExit included: a tool's argparse error, our exit 2)
+            results.append("".join(traceback.format_exception(type(e), e, e.__traceback__))[-6000:])
+    return results

@@ -49,7 +49,7 @@ def feature_name(stride: int) -> str:
 class _Padding:
     """``size_divisibility`` / ``padding_constraints`` of a Detectron2 backbone from ``self._size_divisibility``."""
 
-    _size_divisibility: int = 0
+    _size_divisibility = 0  # (no class-level annotation: TorchScript cannot read postponed ones)
 
     @property
     def size_divisibility(self) -> int:
@@ -74,6 +74,9 @@ class D2BackboneMixin(_Padding):
 
     ``forward(x)`` returns ``{name: NCHW tensor}``; ``output_shape()`` gives channels and stride per name.
     """
+
+    __jit_unused_properties__ = ["family", "out_features", "stage_channels", "stage_strides", "out_channels",
+                                 "out_strides"]
 
     def __init__(self, arch=None, *, out_features: Optional[Sequence[str]] = None,
                  size_divisibility: Optional[int] = None, **kwargs):
@@ -117,7 +120,14 @@ class D2BackboneMixin(_Padding):
         return list(self._out_features)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return dict(zip(self._out_features, super().forward(x)))
+        if torch.jit.is_scripting():
+            maps = self.select_outputs(self.script_maps(x))
+        else:
+            maps = super().forward(x)
+        out: Dict[str, torch.Tensor] = {}
+        for i, name in enumerate(self._out_features):
+            out[name] = maps[i]
+        return out
 
 
 def _make_backbone_class(spec: FamilySpec) -> None:
@@ -206,8 +216,11 @@ class UpsampleFPNBackbone(_Padding, UpsampleFPN, Backbone):
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         feats = self.bottom_up(x)
-        outs = UpsampleFPN.forward(self, [feats[f] for f in self.in_features])
-        return dict(zip(self._out_features, outs))
+        outs = self.pyramid([feats[f] for f in self.in_features])
+        out: Dict[str, torch.Tensor] = {}
+        for i, name in enumerate(self._out_features):
+            out[name] = outs[i]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,11 @@ script runs, :func:`install` patches Detectron2 in this process (and in every pr
   ``SOLVER.WEIGHT_DECAY_ATTN_BIAS`` and the ``WarmupPolyLR`` schedule take effect.
 * ``DetectionCheckpointer`` is :class:`~effvit_plugins.detectron2.checkpoint.EffViTCheckpointer`: ``MODEL.WEIGHTS``
   may be an official weight file / URL of our families, and checkpoints load with ``weights_only=True``.
+* Export (``tools/deploy/export_model.py``, :func:`effvit_plugins.detectron2.export.patch_export`):
+  ``torch.onnx.export`` uses the TorchScript exporter at Detectron2's opset (11) unless told otherwise (torch's
+  default, the dynamo exporter, needs ``onnxscript``); ``RoIAlign(aligned=True)`` exports correctly at opsets 11-15;
+  files written through Detectron2's ``PathManager`` (``model.onnx``, ``model.ts``, checkpoints) appear only once
+  complete: a failed export leaves no 0-byte or partial file.
 
 Where our keys cannot take effect the run stops (exit status 2) with a message naming the key and the fix, instead
 of silently doing something else: a ``DefaultTrainer`` whose optimiser or schedule does not follow ``SOLVER.*``
@@ -29,6 +34,8 @@ import os
 import runpy
 import sys
 from typing import Callable, List, Optional
+
+from .export import patch_export
 
 __all__ = ["PATCHES", "install", "main", "rebind", "replace"]
 
@@ -161,7 +168,7 @@ def _patch_launch() -> None:
 
 # What install() applies, in order. A patch is a function of no arguments; add one by appending it here.
 PATCHES: List[Callable[[], None]] = [_patch_config, _patch_solver, _patch_checkpointer, _patch_trainer,
-                                     _patch_build_model, _patch_launch]
+                                     _patch_build_model, _patch_launch, patch_export]
 
 
 def install() -> None:

@@ -17,7 +17,10 @@ A family implements:
 * ``stage_modules()`` -- one entry per stage (the unit ``frozen_stages`` counts);
 * ``feature_steps()`` -- one list of callables per feature map: running the lists in order from the input
   produces feature ``0, 1, ...`` (each callable one checkpointing unit);
-* optionally ``prepare_input(x)`` and ``finish_feature(i, x, in_shape)`` hooks.
+* optionally ``prepare_input(x)`` and ``finish_feature(i, x, in_shape)`` hooks;
+* for TorchScript (``torch.jit.script``, Detectron2's ``--export-method scripting``): ``script_maps(x)`` -- the same
+  feature maps written out with the family's modules (iterated, not indexed by a variable), the list of every map;
+  the scripted ``forward`` returns the ``out_indices`` ones as a list.
 """
 from __future__ import annotations
 
@@ -94,11 +97,14 @@ def check_in_channels(x, expected: int, family: str) -> None:
 class BackboneBase(nn.Module):
     """Shared behaviour of every backbone core; see the module docstring for what a family provides."""
 
-    FAMILY: str = "backbone"
-    frozen_stages: int = -1
-    norm_eval: bool = False
-    grad_checkpointing: bool = False
-    channels_last: Optional[bool] = False  # None: channels-last for CPU inference (see layers.use_channels_last)
+    # (class attributes without annotations: TorchScript cannot read postponed annotations of class attributes)
+    FAMILY = "backbone"
+    frozen_stages = -1
+    norm_eval = False
+    grad_checkpointing = False
+    channels_last = False  # Optional[bool]; None: channels-last for CPU inference (see layers.use_channels_last)
+    # properties TorchScript must not compile (descriptions of the model, not used by forward)
+    __jit_unused_properties__ = ["stage_channels", "stage_strides", "out_channels", "out_strides"]
 
     # ------------------------------------------------------------------------------------------------------
     # to be provided by each family
@@ -228,12 +234,29 @@ class BackboneBase(nn.Module):
                 outs[i] = self.output_feature(i, x)
         return outs, x
 
-    def forward(self, x: torch.Tensor) -> tuple:
+    def forward(self, x: torch.Tensor):
+        if torch.jit.is_scripting():
+            return self.select_outputs(self.script_maps(x))
+        return self._forward(x)
+
+    @torch.jit.unused  # (TorchScript compiles script_maps instead: the step runner calls Python callables)
+    def _forward(self, x: torch.Tensor) -> List[torch.Tensor]:  # (a tuple; the annotation is for TorchScript)
         if torch.is_tensor(x) and x.dim() == 4 and x.shape[0] == 0:
             check_in_channels(x, self.in_channels, self.FAMILY)
             return tuple(self._empty_features(x, self.out_indices))
         outs, _ = self._features(x, self.out_indices)
         return tuple(outs[i].contiguous() for i in self.out_indices)
+
+    def script_maps(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Every feature map (0, 1, ...) of ``x``, written out with the family's modules: what ``forward`` runs when
+        compiled by TorchScript (``torch.jit.script``), where it returns the maps of ``out_indices`` as a list. Each
+        family implements it with the layers of its :meth:`feature_steps`; same results as the eager forward up to
+        float rounding (eager inference folds BatchNorms into convolutions)."""
+        raise NotImplementedError(f"{self.FAMILY}: script_maps is not implemented; this backbone cannot be scripted.")
+
+    def select_outputs(self, maps: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The maps of ``out_indices``, in that order (contiguous)."""
+        return [maps[i].contiguous() for i in self.out_indices]
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
                               stop_early: bool = False, output_fmt: str = "NCHW",

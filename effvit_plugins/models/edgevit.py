@@ -31,7 +31,7 @@ H and W are multiples of 32, because none of the following rules changes anythin
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
 from .spec import FamilySpec, Paper, register_family
-from .layers import DropPath, LinearMlp, drop_path_rates
+from .layers import DropPath, LinearMlp, drop_path_rates, scaled_dot_product_attention
 
 FAMILY = "EdgeViT"
 
@@ -76,7 +76,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.patch_size
         pad_h, pad_w = (-x.shape[-2]) % p, (-x.shape[-1]) % p
-        if pad_h or pad_w:
+        if pad_h > 0 or pad_w > 0:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         x = self.proj(x)
         # LayerNorm over the channel dim in channels-last layout, then back to NCHW (contiguous for the convs).
@@ -125,8 +125,9 @@ class GlobalSparseAttn(nn.Module):
     is the full one and this is plain global attention. Sub-sampling happens in the caller, before the pre-norm
     (the norm is per token, so normalising only the picked tokens equals picking normalised tokens, and is cheaper).
 
-    Attention runs through ``F.scaled_dot_product_attention`` (fused kernels on GPU). Note for MAC counting:
-    ``FlopCounterMode`` counts it on the meta and CUDA devices but not for the fused CPU kernel, so count on
+    Attention runs through ``F.scaled_dot_product_attention`` (fused kernels on GPU; in an ONNX export the plain
+    matmul-softmax formulation, :func:`~effvit_plugins.models.layers.scaled_dot_product_attention`). Note for MAC
+    counting: ``FlopCounterMode`` counts it on the meta and CUDA devices but not for the fused CPU kernel, so count on
     ``meta`` (the default of :func:`effvit_plugins.utils.complexity.count_macs`).
     """
 
@@ -147,11 +148,10 @@ class GlobalSparseAttn(nn.Module):
             self.LocalProp = None
             self.norm = nn.Identity()
 
-    def forward(self, x: torch.Tensor, size, full_size) -> torch.Tensor:
-        B, N, C = x.shape
+    def forward(self, x: torch.Tensor, size: Tuple[int, int], full_size: Tuple[int, int]) -> torch.Tensor:
+        B, N, C = x.shape[0], x.shape[1], x.shape[2]
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        x = scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], self.scale)
         x = x.transpose(1, 2).reshape(B, N, C)
         if self.LocalProp is not None:
             H, W = full_size
@@ -176,11 +176,11 @@ class SelfAttn(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = LinearMlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pos_embed(x)
-        B, C, H, W = x.shape
+        H, W = x.shape[-2], x.shape[-1]
         sub = x[:, :, ::self.sr, ::self.sr] if self.sr > 1 else x  # official AvgPool2d(1, sr): ceil(H/sr) rows
-        h, w = sub.shape[-2:]
+        h, w = sub.shape[-2], sub.shape[-1]
         a = self.attn(self.norm1(sub.flatten(2).transpose(1, 2)), (h, w), (H, W))
         t = x.flatten(2).transpose(1, 2)
         t = t + self.drop_path(a)
@@ -274,6 +274,26 @@ class EdgeViTBackbone(BackboneBase):
 
     def feature_steps(self):
         return [[embed, *blocks] for embed, blocks in (self._stage(i) for i in range(len(self.feature_info)))]
+
+    def script_maps(self, x: torch.Tensor) -> List[torch.Tensor]:
+        maps: List[torch.Tensor] = []
+        x = self.patch_embed1(x)
+        for blk in self.blocks1:
+            x = blk(x)
+        maps.append(x)
+        x = self.patch_embed2(x)
+        for blk in self.blocks2:
+            x = blk(x)
+        maps.append(x)
+        x = self.patch_embed3(x)
+        for blk in self.blocks3:
+            x = blk(x)
+        maps.append(x)
+        x = self.patch_embed4(x)
+        for blk in self.blocks4:
+            x = blk(x)
+        maps.append(x)
+        return maps
 
 
 class EdgeViTClsHead(nn.Module):

@@ -73,9 +73,10 @@ class Attention(RelPosBias):
         self._init_bias(num_heads, (resolution, resolution), (resolution, resolution), seg=seg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, N, C)
-        B, N, _ = x.shape
-        q, k, v = self.qkv(x).view(B, N, self.num_heads, -1).transpose(1, 2).split(
+        B, N = x.shape[0], x.shape[1]
+        qkv = self.qkv(x).view(B, N, self.num_heads, -1).transpose(1, 2).split(
             [self.key_dim, self.key_dim, self.d], dim=-1)
+        q, k, v = qkv[0], qkv[1], qkv[2]
         x = biased_attention(q, k, v, self.attention_bias(N, N, q.dtype), self.scale)
         return self.proj(x.transpose(1, 2).reshape(B, N, self.dh))
 
@@ -94,7 +95,13 @@ class ConvMlp(nn.Module):
             nn.init.trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # (TorchScript: the BatchNorms as such)
+            return self.norm2(self.fc2(self.act(self.norm1(self.fc1(x)))))
+        return self._forward(x)
+
+    @torch.jit.unused
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv_bn(self.fc2, self.norm2, self.act(conv_bn(self.fc1, self.norm1, x)))
 
 
@@ -163,7 +170,13 @@ class Downsample(nn.Module):
         self.proj = nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1)
         self.norm = nn.BatchNorm2d(out_ch)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # (TorchScript: the BatchNorm as such)
+            return self.norm(self.proj(x))
+        return self._forward(x)
+
+    @torch.jit.unused
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv_bn(self.proj, self.norm, x)
 
 
@@ -279,6 +292,32 @@ class EfficientFormerV1Backbone(BackboneBase):
 
     def output_feature(self, index, x):
         return getattr(self, f"norm{2 * index}")(x) if self.out_norm else x
+
+    def script_maps(self, x: torch.Tensor) -> List[torch.Tensor]:
+        maps: List[torch.Tensor] = []
+        x = self.patch_embed(x)
+        for i, layer in enumerate(self.network):  # stage k at 2k, the downsampling before it at 2k - 1
+            h, w = x.shape[-2], x.shape[-1]
+            x = layer(x)
+            if i % 2 == 0:
+                if x.dim() == 3:  # the attention blocks work on (B, N, C) tokens: back to NCHW (finish_feature)
+                    x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+                maps.append(x)
+        if self.out_norm:  # (output_feature)
+            maps = [self._out_norm(k, m) for k, m in enumerate(maps)]
+        return maps
+
+    def _out_norm(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        # (attributes by literal name, for TorchScript)
+        if k == 0 and hasattr(self, "norm0"):
+            return self.norm0(x)
+        if k == 1 and hasattr(self, "norm2"):
+            return self.norm2(x)
+        if k == 2 and hasattr(self, "norm4"):
+            return self.norm4(x)
+        if k == 3 and hasattr(self, "norm6"):
+            return self.norm6(x)
+        return x
 
 
 class DistilledClsHead(nn.Module):

@@ -70,6 +70,9 @@ class ConvBN(ConvNormAct):
         super().__init__(nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2,
                                    groups=groups), nn.BatchNorm2d(out_ch), names=("0", "1", "2"))
 
+    def forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, "1")(getattr(self, "0")(x))
+
 
 class Attention4D(RelPosBias):
     """Official ``Attention4D``: attention on NCHW maps with talking heads and a local value branch.
@@ -100,10 +103,10 @@ class Attention4D(RelPosBias):
         self._init_bias(num_heads, (resolution, resolution), (resolution, resolution), seg=seg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
+        B, H, W = x.shape[0], x.shape[2], x.shape[3]
         if self.stride_conv is not None:
             x = self.stride_conv(x)
-        h, w = x.shape[-2:]
+        h, w = x.shape[-2], x.shape[-1]
         n = h * w
         q = self.q(x).view(B, self.num_heads, self.key_dim, n).transpose(-2, -1) * self.scale
         k = self.k(x).view(B, self.num_heads, self.key_dim, n)
@@ -113,7 +116,7 @@ class Attention4D(RelPosBias):
         attn = torch.matmul(q, k) + self.attention_bias(n, n, q.dtype)
         attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))
         out = torch.matmul(attn, v).transpose(-2, -1).reshape(B, self.dh, h, w) + v_local
-        if self.stride_conv is not None:
+        if self.stride_conv is not None and self.stride is not None:
             out = F.interpolate(out, scale_factor=float(self.stride), mode="bilinear", align_corners=False)
             if out.shape[-2] != H or out.shape[-1] != W:
                 out = out[..., :H, :W]
@@ -152,10 +155,10 @@ class Attention4DDownsample(RelPosBias):
                         q_stride=math.ceil(resolution / self.resolution2), seg=seg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
+        B, H, W = x.shape[0], x.shape[2], x.shape[3]
         n = H * W
         q = self.q(x)
-        h2, w2 = q.shape[-2:]
+        h2, w2 = q.shape[-2], q.shape[-1]
         n2 = h2 * w2
         q = q.view(B, self.num_heads, self.key_dim, n2).transpose(-2, -1)
         k = self.k(x).view(B, self.num_heads, self.key_dim, n).transpose(-2, -1)
@@ -183,7 +186,15 @@ class Mlp(nn.Module):
             nn.init.trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # (TorchScript: the BatchNorms as such)
+            x = self.act(self.norm1(self.fc1(x)))
+            x = self.act(self.mid_norm(self.mid(x)))
+            return self.norm2(self.fc2(x))
+        return self._forward(x)
+
+    @torch.jit.unused
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(conv_bn(self.fc1, self.norm1, x))
         x = self.act(conv_bn(self.mid, self.mid_norm, x))
         return conv_bn(self.fc2, self.norm2, x)
@@ -234,7 +245,15 @@ class Downsample(nn.Module):
             self.proj = nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1)
             self.norm = nn.BatchNorm2d(out_ch)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # (TorchScript: the BatchNorms as such; attributes by literal name)
+            if hasattr(self, "attn"):
+                return self.attn(x) + self.bn(self.conv(x))
+            return self.norm(self.proj(x))
+        return self._forward(x)
+
+    @torch.jit.unused
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_attn:
             return self.attn(x) + conv_bn(self.conv, self.bn, x)
         return conv_bn(self.proj, self.norm, x)
@@ -325,6 +344,15 @@ class EfficientFormerV2Backbone(BackboneBase):
     def feature_steps(self):
         return [([self.patch_embed] if i == 0 else [self.network[2 * i - 1]]) + list(self.network[2 * i])
                 for i in range(4)]
+
+    def script_maps(self, x: torch.Tensor) -> List[torch.Tensor]:
+        maps: List[torch.Tensor] = []
+        x = self.patch_embed(x)
+        for i, layer in enumerate(self.network):  # stage k at 2k, the downsampling before it at 2k - 1
+            x = layer(x)
+            if i % 2 == 0:
+                maps.append(x)
+        return maps
 
 
 

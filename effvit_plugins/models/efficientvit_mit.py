@@ -196,9 +196,14 @@ class GroupedPointwiseConv(nn.Conv2d):
     def __init__(self, channels: int, groups: int):
         super().__init__(channels, channels, 1, groups=groups, bias=False)
 
-    def forward(self, x):
-        if torch.jit.is_tracing():  # exported as the grouped Conv it is (runtimes have fast grouped convs)
-            return super().forward(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # exported (traced / scripted) as the grouped Conv it is (runtimes have fast grouped convs)
+        if torch.jit.is_tracing() or torch.jit.is_scripting():
+            return self._conv_forward(x, self.weight, self.bias)
+        return self._bmm(x)
+
+    @torch.jit.unused  # (TorchScript: the convolution)
+    def _bmm(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         g = self.groups
         w = self.weight.view(g, self.out_channels // g, C // g)  # (g, out/g, in/g)
@@ -240,13 +245,17 @@ class LiteMLA(nn.Module):
         self.proj = ConvLayer(total * (1 + len(scales)), out_ch, 1, bias=False, norm=True, act=None)
 
     def _attention(self, qkv: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = qkv.shape
+        H, W = qkv.shape[-2], qkv.shape[-1]
         if H * W > self.dim and is_channels_last(qkv):
             return self._linear_attention_tokens(qkv)
+        return self._attention_nchw(qkv)
+
+    def _attention_nchw(self, qkv: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = qkv.shape[0], qkv.shape[1], qkv.shape[2], qkv.shape[3]
         qkv = qkv.float().reshape(B, C // (3 * self.dim), 3 * self.dim, H * W)
-        q, k, v = qkv.split(self.dim, dim=2)
-        q = self.kernel_func(q)
-        k = self.kernel_func(k)
+        q = self.kernel_func(qkv[:, :, :self.dim])
+        k = self.kernel_func(qkv[:, :, self.dim:2 * self.dim])
+        v = qkv[:, :, 2 * self.dim:]
         if H * W > self.dim:
             # (v | 1) k^T : (B, h, d+1, d); then times q : (B, h, d+1, N). Last row is the normaliser.
             v = F.pad(v, (0, 0, 0, 1), mode="constant", value=1.0)
@@ -280,12 +289,22 @@ class LiteMLA(nn.Module):
             torch.div(num, den, out=result.view(B, H * W, heads, d).transpose(1, 2))
         return result.permute(0, 3, 1, 2)  # (B, C/3, H, W), channels-last
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)
-        qkv = torch.cat([qkv] + [op(qkv) for op in self.aggreg], dim=1)
-        with autocast_off(qkv):
-            out = self._attention(qkv)
+        parts = [qkv]
+        for op in self.aggreg:
+            parts.append(op(qkv))
+        qkv = torch.cat(parts, dim=1)
+        if torch.jit.is_scripting():  # (no autocast in TorchScript)
+            out = self._attention_nchw(qkv)
+        else:
+            out = self._attention_autocast_off(qkv)
         return self.proj(like_memory_format(out.to(qkv.dtype), x))
+
+    @torch.jit.unused  # (TorchScript: _attention_nchw, autocast does not exist there)
+    def _attention_autocast_off(self, qkv: torch.Tensor) -> torch.Tensor:
+        with autocast_off(qkv):
+            return self._attention(qkv)
 
 
 class EfficientViTBlock(nn.Module):
@@ -397,6 +416,16 @@ class EfficientViTMITBackbone(BackboneBase):
 
     def feature_steps(self):
         return [list(seq.op_list) for seq in self._sequences()]
+
+    def script_maps(self, x: torch.Tensor) -> List[torch.Tensor]:
+        maps: List[torch.Tensor] = []
+        if hasattr(self, "input_stem"):  # B series
+            x = self.input_stem(x)
+            maps.append(x)
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
 
 
 

@@ -97,6 +97,9 @@ class ConvBN(ConvNormAct):
         nn.init.constant_(self.bn.weight, bn_weight_init)
         nn.init.zeros_(self.bn.bias)
 
+    def forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.c(x))
+
 
 class Residual(nn.Module):
     """``x + drop_path(m(x))``; the wrapped module is kept as ``m`` (official key layout)."""
@@ -233,6 +236,26 @@ class CascadedGroupAttention(nn.Module):
     def attention_bias(self, h: int, w: int) -> torch.Tensor:
         """(heads, h*w, h*w) bias; memoised at inference (:func:`~effvit_plugins.models.layers.inference_cached`,
         recomputed when the table changes)."""
+        if torch.jit.is_scripting():
+            return self._script_bias(h, w)
+        return self._cached_bias(h, w)
+
+    def _script_bias(self, h: int, w: int) -> torch.Tensor:
+        """The bias computed in TorchScript: the index of an ``h x w`` window written out (``|dy| * r + |dx|``, what
+        :meth:`_window_index` gathers), no caches."""
+        if h == self.resolution and w == self.resolution:
+            return self.attention_biases[:, self.attention_bias_idxs]
+        if h > self.resolution or w > self.resolution:
+            raise ValueError("EfficientViT-MSRA: a window exceeds the bias table; partition the map with "
+                             "LocalWindowAttention.")
+        dev = self.attention_biases.device
+        ys = torch.arange(h, device=dev).repeat_interleave(w)
+        xs = torch.arange(w, device=dev).repeat(h)
+        idx = (ys[:, None] - ys[None, :]).abs() * self.resolution + (xs[:, None] - xs[None, :]).abs()
+        return self.attention_biases[:, idx]
+
+    @torch.jit.unused  # (TorchScript: _script_bias)
+    def _cached_bias(self, h: int, w: int) -> torch.Tensor:
         if self.training:
             return self._gather_bias(h, w)
         return inference_cached(self, (h, w), (self.attention_biases, self.attention_bias_idxs),
@@ -257,17 +280,17 @@ class CascadedGroupAttention(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     # -- forward -----------------------------------------------------------------------------------------------
-    def forward(self, x):
-        B, _, H, W = x.shape
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W = x.shape[0], x.shape[2], x.shape[3]
         bias = self.attention_bias(H, W)
         chunks = x.chunk(self.num_heads, dim=1)
-        outs = []
+        outs: List[torch.Tensor] = []
         feat = chunks[0]
-        for i in range(self.num_heads):
+        for i, (qkv_conv, dw) in enumerate(zip(self.qkvs, self.dws)):  # (modules iterated: TorchScript)
             if i > 0:
                 feat = feat + chunks[i]
-            q, k, v = self.qkvs[i](feat).split(self._split, dim=1)
-            q = self.dws[i](q)
+            qkv = qkv_conv(feat).split(self._split, dim=1)
+            q, k, v = dw(qkv[0]), qkv[1], qkv[2]
             # (B, N, kd) @ (B, kd, N) * scale + bias -> softmax over keys
             attn = torch.baddbmm(bias[i], q.flatten(2).transpose(1, 2), k.flatten(2), alpha=self.scale)
             attn = attn.softmax(dim=-1)
@@ -291,20 +314,20 @@ class LocalWindowAttention(nn.Module):
         self.window_size = int(window_size)
         self.attn = CascadedGroupAttention(dim, key_dim, num_heads, attn_ratio, self.window_size, kernels)
 
-    def forward(self, x):
-        B, C, H, W = x.shape
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         r = self.window_size
         if H <= r and W <= r:
             return self.attn(x)
         pad_b, pad_r = (-H) % r, (-W) % r
-        if pad_b or pad_r:
+        if pad_b > 0 or pad_r > 0:
             x = F.pad(x, (0, pad_r, 0, pad_b))
         Hp, Wp = H + pad_b, W + pad_r
         nh, nw = Hp // r, Wp // r
         x = x.view(B, C, nh, r, nw, r).permute(0, 2, 4, 1, 3, 5).reshape(B * nh * nw, C, r, r)
         x = self.attn(x)
         x = x.view(B, nh, nw, C, r, r).permute(0, 3, 1, 4, 2, 5).reshape(B, C, Hp, Wp)
-        if pad_b or pad_r:
+        if pad_b > 0 or pad_r > 0:
             x = x[:, :, :H, :W]
         return x
 
@@ -436,6 +459,11 @@ class EfficientViTMSRABackbone(BackboneBase):
 
     def feature_steps(self):
         return [[self.patch_embed, *self.blocks1], list(self.blocks2), list(self.blocks3)]
+
+    def script_maps(self, x: torch.Tensor) -> List[torch.Tensor]:
+        x = self.blocks1(self.patch_embed(x))
+        y = self.blocks2(x)
+        return [x, y, self.blocks3(y)]
 
 
 class BNLinear(nn.Sequential):

@@ -26,7 +26,13 @@ class DropPath(nn.Module):
         super().__init__()
         self.drop_prob = float(drop_prob)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        return self._drop(x)
+
+    @torch.jit.unused  # training only
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
         return drop_path(x, self.drop_prob, self.training)
 
     def extra_repr(self):
@@ -66,9 +72,9 @@ def relative_bias_index(q_size: Tuple[int, int], k_size: Tuple[int, int], q_stri
 
 def resize_bias_map(bias: torch.Tensor, size: Tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
     """Interpolate a (heads, Hq*Wq_or_N, N) attention-bias map stored as (heads, N0, N0) to (heads, N, N)."""
-    if bias.shape[-2:] == tuple(size):
+    if bias.shape[-2] == size[0] and bias.shape[-1] == size[1]:
         return bias
-    return F.interpolate(bias.unsqueeze(0), size=size, mode=mode, align_corners=False).squeeze(0)
+    return F.interpolate(bias.unsqueeze(0), size=[size[0], size[1]], mode=mode, align_corners=False).squeeze(0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -91,6 +97,16 @@ def export_rewrites(**rewrites: Callable):
     finally:
         _EXPORT_REWRITES.clear()
         _EXPORT_REWRITES.update(before)
+
+
+def exporting_onnx() -> bool:
+    """``torch.onnx.is_in_onnx_export()``, callable from code that TorchScript compiles (there it raises: callers
+    test ``torch.jit.is_scripting()`` first)."""
+    return torch.onnx.is_in_onnx_export()
+
+
+exporting_onnx.__annotations__ = {"return": bool}  # (evaluated: TorchScript reads the stub's signature)
+exporting_onnx = torch.jit.unused(exporting_onnx)
 
 
 def export_rewrite(name: str) -> Optional[Callable]:
@@ -116,7 +132,13 @@ class GroupNorm(nn.GroupNorm):
     by :mod:`effvit_plugins.deploy` its graph averages within each channel first
     (:func:`effvit_plugins.deploy.rewrites.group_norm_per_channel`, which says why). Eager PyTorch is unchanged."""
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return self._forward(x)
+
+    @torch.jit.unused  # (the hook is for ONNX export, which traces)
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         rewrite = export_rewrite("group_norm")
         return super().forward(x) if rewrite is None else rewrite(self, x)
 
@@ -312,12 +334,30 @@ class ConvNormAct(nn.Module):
         self.add_module(names[1], norm)
         self.add_module(names[2], act)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.forward_plain(x)
+        return self._forward(x)
+
+    @torch.jit.unused  # (TorchScript runs forward_plain: same result, without the inference caches)
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, norm, act = (getattr(self, n) for n in self._names)
         if self.dropout is not None:
             x = self.dropout(x)
         x = inference_conv(conv, x) if norm is None else conv_bn(conv, norm, x)
         return apply_act(act, x)
+
+    def forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """``act(norm(conv(dropout(x))))`` as separate modules: what TorchScript compiles (a subclass whose
+        children have other names than ``conv``/``norm``/``act`` overrides it)."""
+        if self.dropout is not None:
+            x = self.dropout(x)
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.act is not None:
+            x = self.act(x)
+        return x
 
 
 def use_channels_last(option, x: torch.Tensor, training: bool = False) -> bool:
@@ -361,16 +401,35 @@ class LinearMlp(nn.Module):
 logger = logging.getLogger("effvit_plugins")
 
 
+def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                    bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``softmax(q @ k^T * scale [+ bias]) @ v`` written with matmuls (what every exporter and opset can express)
+    for (B, heads, N, dim) tensors and an optional (heads, Nq, Nk) bias."""
+    attn = torch.matmul(q * scale, k.transpose(-2, -1))
+    if bias is not None:
+        attn = attn + bias
+    return torch.matmul(attn.softmax(dim=-1), v)
+
+
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, scale=scale)`` (fused kernels); while ``torch.onnx`` exports the
+    caller, :func:`plain_attention` instead: the fused operator has no ONNX translation before opset 14 (and
+    Detectron2 exports at opset 11). Eager results are unchanged."""
+    if not torch.jit.is_scripting() and exporting_onnx():
+        return plain_attention(q, k, v, scale)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
 def biased_attention(q, k, v, bias, scale: float) -> torch.Tensor:
     """``softmax(q @ k^T * scale + bias) @ v`` for (B, heads, N, dim) tensors and a (heads, Nq, Nk) bias.
 
-    On CUDA the fused kernel is used; elsewhere plain matmuls, which are faster than the CPU fused path for
-    these small maps (and are what the MAC counter sees on the meta device either way).
+    On CUDA the fused kernel is used (not in an ONNX export: see :func:`scaled_dot_product_attention`); elsewhere
+    :func:`plain_attention`, which is faster than the CPU fused path for these small maps (and is what the MAC
+    counter sees on the meta device either way).
     """
-    if q.is_cuda:
+    if q.is_cuda and (torch.jit.is_scripting() or not exporting_onnx()):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-    attn = torch.matmul(q * scale, k.transpose(-2, -1)) + bias
-    return torch.matmul(attn.softmax(dim=-1), v)
+    return plain_attention(q, k, v, scale, bias)
 
 
 class RelPosBias(nn.Module):
@@ -388,6 +447,8 @@ class RelPosBias(nn.Module):
     (:func:`inference_cached`: the last two sizes/dtypes; recomputed when the table is changed or replaced).
     ``bias_tables`` tells :func:`resize_bias_tables_on_load` the grid of each table.
     """
+
+    __jit_unused_properties__ = ["bias_table", "bias_index"]  # (dynamic names; TorchScript uses _script_bias)
 
     def _init_heads(self, num_heads: int, key_dim: int, attn_ratio: float) -> None:
         """Head geometry of the LeViT-style attentions: ``key_dim`` per head for q/k, ``d = attn_ratio * key_dim``
@@ -437,6 +498,18 @@ class RelPosBias(nn.Module):
         return resize_bias_map(self.bias_table[:, self.bias_index], (nq, nk))
 
     def attention_bias(self, nq: int, nk: int, dtype: torch.dtype) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._script_bias(nq, nk).to(dtype)
+        return self._attention_bias(nq, nk, dtype)
+
+    def _script_bias(self, nq: int, nk: int) -> torch.Tensor:
+        # (TorchScript: attributes by literal name; resolved when the module is compiled)
+        if hasattr(self, "attention_biases_seg"):
+            return resize_bias_map(self.attention_biases_seg[:, self.attention_bias_idxs_seg], (nq, nk))
+        return resize_bias_map(self.attention_biases[:, self.attention_bias_idxs], (nq, nk))
+
+    @torch.jit.unused  # (TorchScript: _script_bias, the same tensor computed every time)
+    def _attention_bias(self, nq: int, nk: int, dtype: torch.dtype) -> torch.Tensor:
         if self.training:
             return self._expanded_bias(nq, nk).to(dtype)
         return inference_cached(self, (nq, nk, dtype), (self.bias_table, self.bias_index),

@@ -44,10 +44,13 @@ class _ConvUnit(nn.Module):
             self.add_module(self.norm_name, layer)
         self.act = nn.ReLU(inplace=False) if act else None
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
-        if self.norm_name is not None:
-            x = getattr(self, self.norm_name)(x)
+        # (attributes by literal name, for TorchScript)
+        if hasattr(self, "bn"):
+            x = self.bn(x)
+        elif hasattr(self, "gn"):
+            x = self.gn(x)
         return x if self.act is None else self.act(x)
 
 
@@ -104,6 +107,7 @@ class UpsampleFPN(nn.Module):
             raise ValueError(f"UpsampleFPN: add_extra_convs must be False or one of {_EXTRA_SOURCES}, "
                              f"got {add_extra_convs!r}.")
         self.add_extra_convs = add_extra_convs or False
+        self._extra_source = add_extra_convs or ""  # (a str in any case, for TorchScript)
         self.relu_before_extra_convs = bool(relu_before_extra_convs)
         self.upsample_mode = upsample_mode
         lat_norm = None if no_norm_on_lateral else norm
@@ -150,28 +154,42 @@ class UpsampleFPN(nn.Module):
         if len(feats) != self.num_ins:
             raise ValueError(f"UpsampleFPN expects {self.num_ins} input maps (in_channels={self.in_channels}), "
                              f"got {len(feats)}.")
-        laterals = [conv(feats[self.start_level + i]) for i, conv in enumerate(self.lateral_convs)]
+        return tuple(self.pyramid(list(feats)))
+
+    def pyramid(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The output maps (finest first) of the backbone maps ``feats`` (what ``forward`` returns, as a list;
+        written for TorchScript: modules are iterated, never indexed by a variable)."""
+        laterals: List[torch.Tensor] = []
+        for i, conv in enumerate(self.lateral_convs):
+            laterals.append(conv(feats[self.start_level + i]))
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
-                                                              mode=self.upsample_mode)
-        finer = []
+            size = [laterals[i - 1].shape[-2], laterals[i - 1].shape[-1]]
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=size, mode=self.upsample_mode)
+        finer: List[torch.Tensor] = []
         prev = laterals[0]
         for trans in self.extra_trans_convs:
             prev = trans(prev)
             finer.insert(0, prev)
-        outs = [self.fpn_convs[i](laterals[i]) for i in range(self.num_levels)]
-        if self.num_extra_coarse:
-            if not self.add_extra_convs:
-                for _ in range(self.num_extra_coarse):
-                    outs.append(F.max_pool2d(outs[-1], 1, stride=2))
+        outs: List[torch.Tensor] = []
+        for i, conv in enumerate(self.fpn_convs):
+            if i < self.num_levels:
+                outs.append(conv(laterals[i]))
+            elif i == self.num_levels:  # the first extra conv (add_extra_convs)
+                if self._extra_source == "on_input":
+                    src = feats[self.end_level]
+                elif self._extra_source == "on_lateral":
+                    src = laterals[-1]
+                else:
+                    src = outs[-1]
+                outs.append(conv(src))
             else:
-                src = {"on_input": feats[self.end_level], "on_lateral": laterals[-1],
-                       "on_output": outs[-1]}[self.add_extra_convs]
-                outs.append(self.fpn_convs[self.num_levels](src))
-                for i in range(self.num_levels + 1, self.num_levels + self.num_extra_coarse):
-                    x = F.relu(outs[-1]) if self.relu_before_extra_convs else outs[-1]
-                    outs.append(self.fpn_convs[i](x))
+                outs.append(conv(F.relu(outs[-1]) if self.relu_before_extra_convs else outs[-1]))
+        if self.num_extra_coarse and not self._extra_source:
+            for _ in range(self.num_extra_coarse):
+                outs.append(F.max_pool2d(outs[-1], 1, stride=2))
         # output conv k belongs to the k-th finest level (the official pairing: the first transposed conv feeds the
         # last output conv)
-        finer_outs = [conv(f) for conv, f in zip(self.extra_fpn_convs, finer)]
-        return tuple(finer_outs + outs)
+        finer_outs: List[torch.Tensor] = []
+        for k, conv in enumerate(self.extra_fpn_convs):
+            finer_outs.append(conv(finer[k]))
+        return finer_outs + outs
