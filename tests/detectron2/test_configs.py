@@ -235,6 +235,14 @@ def assert_same_optimizer(cfg, twin, model):
     assert optimizer.defaults["lr"] == twin.SOLVER.BASE_LR and tuple(optimizer.defaults["betas"]) == twin.SOLVER.BETAS
 
 
+def trains(path):
+    """Whether the LazyConfig test also runs a training step: for the smallest variant of each family (and every LVIS
+    and Cityscapes config, one per family); the other models are checked equal to their yacs twins, which all train
+    above."""
+    name = os.path.basename(path)
+    return "COCO-" not in rel(path) or any(f"_{s.d2_token}_{s.variants[0]}_" in name for s in families())
+
+
 @pytest.mark.parametrize("path", LAZY, ids=rel)
 def test_lazy_config_is_its_yaml_twin_and_trains(path):
     cfg = LazyConfig.load(path)
@@ -249,6 +257,8 @@ def test_lazy_config_is_its_yaml_twin_and_trains(path):
     assert_same_data(cfg, twin)
     assert_same_schedule(cfg, twin)
     assert_same_optimizer(cfg, twin, model)
+    if not trains(path):
+        return
     # sampling sizes only, as for the yaml configs above
     if meta_arch == "GeneralizedRCNN":
         model.proposal_generator.post_nms_topk = {True: 64, False: 64}
