@@ -59,7 +59,7 @@ def datasets(tmp_path_factory):
 def overrides(task, output_dir):
     """The script's ``key=value`` overrides: the demo set, 2 iterations of 2 images at 64 pixels on the CPU, no
     data-loading workers, every detection kept (score threshold 0, so that the evaluator has predictions; R-CNN:
-    50 proposals per image at test time)."""
+    50 proposals per image at test time; LVIS: 64 sampled RoIs per image, 20 detections)."""
     names = CASES[task][2]
     opts = [f"train.output_dir={output_dir}", "train.max_iter=2", "train.device=cpu",
             "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
@@ -76,10 +76,11 @@ def overrides(task, output_dir):
                  "dataloader.test.mapper.augmentations.0.max_size=64"]
     if task == "retinanet":
         opts.append("model.test_score_thresh=0.0")
-    elif task in ("mask_rcnn", "lvis"):  # (LVIS: score threshold 1e-4 already; 50 proposals x 1203 classes)
-        opts.append("model.proposal_generator.post_nms_topk=[1000,50]")
-        if task == "mask_rcnn":
-            opts.append("model.roi_heads.box_predictor.test_score_thresh=0.0")
+    elif task == "mask_rcnn":
+        opts += ["model.proposal_generator.post_nms_topk=[1000,50]", "model.roi_heads.box_predictor.test_score_thresh=0.0"]
+    elif task == "lvis":  # (score threshold 1e-4 already) masks of 1203 classes per RoI: fewer RoIs and detections
+        opts += ["model.proposal_generator.post_nms_topk=[1000,50]", "model.roi_heads.batch_size_per_image=64",
+                 "model.roi_heads.box_predictor.test_topk_per_image=20"]
     return opts
 
 
