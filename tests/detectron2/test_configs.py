@@ -157,7 +157,8 @@ def assert_same_model(model, twin):
     assert params == {n: (p.shape, p.dtype, p.requires_grad) for n, p in twin.named_parameters()}
     buffers, twin_buffers = dict(model.named_buffers()), dict(twin.named_buffers())
     assert buffers.keys() == twin_buffers.keys()
-    differ = [n for n, b in buffers.items() if not (b.shape == twin_buffers[n].shape and torch.equal(b, twin_buffers[n]))]
+    differ = [n for n, b in buffers.items()
+              if not (b.shape == twin_buffers[n].shape and torch.equal(b, twin_buffers[n]))]
     assert not differ, differ
 
 

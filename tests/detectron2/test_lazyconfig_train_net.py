@@ -77,7 +77,8 @@ def overrides(task, output_dir):
     if task == "retinanet":
         opts.append("model.test_score_thresh=0.0")
     elif task == "mask_rcnn":
-        opts += ["model.proposal_generator.post_nms_topk=[1000,50]", "model.roi_heads.box_predictor.test_score_thresh=0.0"]
+        opts += ["model.proposal_generator.post_nms_topk=[1000,50]",
+                 "model.roi_heads.box_predictor.test_score_thresh=0.0"]
     elif task == "lvis":  # (score threshold 1e-4 already) masks of 1203 classes per RoI: fewer RoIs and detections
         opts += ["model.proposal_generator.post_nms_topk=[1000,50]", "model.roi_heads.batch_size_per_image=64",
                  "model.roi_heads.box_predictor.test_topk_per_image=20"]
