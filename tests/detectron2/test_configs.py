@@ -201,22 +201,18 @@ def assert_same_data(cfg, twin):
 
 def assert_same_schedule(cfg, twin):
     """train.max_iter / checkpoint / evaluation periods and the learning-rate multiplier at every 1000th iteration
-    (and the first ones) = the yacs config's schedule."""
-    from detectron2.solver import LRMultiplier
-
+    (and through the warm-up) = the yacs config's schedule (our build_lr_scheduler, which the launcher gives
+    Detectron2's scripts)."""
     from effvit_plugins.detectron2 import build_lr_scheduler
 
     assert cfg.train.max_iter == twin.SOLVER.MAX_ITER
     assert cfg.train.checkpointer.period == twin.SOLVER.CHECKPOINT_PERIOD
     assert cfg.train.eval_period == twin.TEST.EVAL_PERIOD
-    param = torch.nn.Parameter(torch.zeros(1))
-    lazy = LRMultiplier(torch.optim.SGD([param], lr=1.0), instantiate(cfg.lr_multiplier), max_iter=cfg.train.max_iter)
-    yacs = build_lr_scheduler(twin, torch.optim.SGD([param], lr=1.0))
+    lazy = instantiate(cfg.lr_multiplier)  # a function of the training progress, as lazyconfig_train_net.py uses it
+    yacs = build_lr_scheduler(twin, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0))._multiplier
     iters = sorted(set(range(0, twin.SOLVER.MAX_ITER, 1000)) | {1, 10, 100, 499, 500, 999, twin.SOLVER.MAX_ITER - 1})
-    for name, sched in (("lazy", lazy), ("yacs", yacs)):
-        sched.last_epoch = -1
-    lazy_lr = [lazy._multiplier(i / cfg.train.max_iter) for i in iters]
-    yacs_lr = [yacs._multiplier(i / twin.SOLVER.MAX_ITER) for i in iters]
+    lazy_lr = [lazy(i / cfg.train.max_iter) for i in iters]
+    yacs_lr = [yacs(i / twin.SOLVER.MAX_ITER) for i in iters]
     assert all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(lazy_lr, yacs_lr)), \
         list(zip(iters, lazy_lr, yacs_lr))
 
