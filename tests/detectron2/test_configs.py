@@ -4,9 +4,11 @@ model, which then runs one training step and one inference on a small image.
 Only sampling sizes are lowered for speed (proposals kept, RoIs sampled per image, detections per image); the
 models themselves are exactly the configs'. Each LazyConfig is the twin of the yacs config of the same name: the same
 model (module by module: classes, settings, parameter shapes, buffers), optimiser, schedule, data and evaluator."""
+import functools
 import glob
 import math
 import os
+import types
 
 import pytest
 import torch
@@ -111,6 +113,9 @@ def test_yaml_config_trains_and_infers(path):
         assert {"loss_rpn_cls", "loss_cls", "loss_mask"} <= set(losses)
 
 
+FUNCTIONS = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial)
+
+
 def _plain(value, depth=0):
     """A module attribute as comparable data: plain values as they are, tensors by shape (their values are compared
     as buffers), other objects by class and (a few levels deep) their own attributes."""
@@ -126,7 +131,7 @@ def _plain(value, depth=0):
         return {k: _plain(v, depth) for k, v in value.items()}
     if isinstance(value, torch.nn.Module):
         return type(value)
-    if depth < 3 and hasattr(value, "__dict__") and not callable(value):
+    if depth < 3 and hasattr(value, "__dict__") and not isinstance(value, FUNCTIONS):  # Matcher, Box2BoxTransform...
         return type(value), _plain(vars(value), depth + 1)
     return type(value)
 
