@@ -12,7 +12,9 @@
   :func:`assert_complexity` (parameters / MACs against published figures).
 * :func:`check_backbone_contract` and the ``check_*`` functions it runs: the backbone contract, for any registered
   family (``tests/models/test_backbone_contract.py`` runs them for every family).
-* :func:`mim_search_names` -- the model names in the output of OpenMMLab's ``mim search``.
+* :func:`mim_search_names` -- the model names in the output of OpenMMLab's ``mim search``;
+  :func:`detectron2_results` -- the metrics in the log of a Detectron2 evaluation (its ``copypaste:`` lines);
+  :func:`detectron2_tools_dir` -- Detectron2's own ``tools/`` scripts.
 * Weights from URLs: :func:`serve_directory` (a loopback HTTP server of a folder), :func:`save_hashed` (a file
   named with its SHA-256 prefix, torch.hub's convention) and :func:`save_official_classifier` (a random classifier
   saved so, in its family's official layout).
@@ -807,3 +809,16 @@ def run_detectron2_tools(calls: Sequence[Sequence[str]]) -> list:
         except BaseException as e:  # noqa: B902  (SystemExit included: a tool's argparse error, our exit 2)
             results.append("".join(traceback.format_exception(type(e), e, e.__traceback__))[-6000:])
     return results
+
+
+def detectron2_results(log: str) -> Dict[str, Dict[str, Optional[float]]]:
+    """``{task: {metric: value}}`` from the ``copypaste:`` lines Detectron2's ``print_csv_format`` logs after an
+    evaluation (``Task: bbox``, the metric names, their values); ``nan`` (no object of that kind) becomes None. The
+    last evaluation in ``log`` wins."""
+    res: Dict[str, Dict[str, Optional[float]]] = {}
+    lines = re.findall(r"copypaste: (.*)", log)
+    for i, line in enumerate(lines):
+        if line.startswith("Task: "):
+            values = [None if v == "nan" else float(v) for v in lines[i + 2].split(",")]
+            res[line[6:]] = dict(zip(lines[i + 1].split(","), values))
+    return res

@@ -298,9 +298,12 @@ def test_generated_detectron2_configs_build_and_run(toy_configs):
         model = build_model(cfg).eval()
         with torch.no_grad():
             assert model(image)[0], rel
-    lazy = next(p for p in files if "LazyConfigs" in p and "_t0_" in p)
-    cfg = LazyConfig.load(str(tmp / lazy))
-    cfg.model.backbone.bottom_up.size_divisibility = 32
-    model = instantiate(cfg.model).eval()
-    with torch.no_grad():
-        assert "instances" in model(image)[0]
+    lazies = [p for p in sorted(files) if "LazyConfigs" in p and "_t0_" in p]
+    assert [os.path.relpath(p, "configs/detectron2/LazyConfigs")[:-3] for p in lazies] == \
+        [os.path.relpath(p, "configs/detectron2")[:-5] for p in yamls]  # a LazyConfig twin of each
+    for rel in lazies:
+        cfg = LazyConfig.load(str(tmp / rel))
+        cfg.model.backbone.bottom_up.size_divisibility = 32
+        model = instantiate(cfg.model).eval()
+        with torch.no_grad():
+            assert {"instances", "sem_seg"} & set(model(image)[0]), rel

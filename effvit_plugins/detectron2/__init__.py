@@ -23,14 +23,14 @@ from .backbone import (UpsampleFPNBackbone, backbone_class, build_effvit_backbon
 from .builders import register_backbone
 from .checkpoint import EffViTCheckpointer, load_d2_checkpoint
 from .config import add_effvit_config
-from .data import DatasetMissingError, check_datasets, register_demo_datasets
+from .data import DatasetMissingError, check_datasets, fed_loss_weights, register_demo_datasets
 from .engine import Trainer
 from .solver import build_lr_scheduler, build_optimizer
 
 __all__ = ["DatasetMissingError", "EffViTCheckpointer", "Trainer", "UpsampleFPNBackbone", "add_effvit_config",
            "backbone_class", "build_effvit_backbone", "build_effvit_fpn_backbone",
            "build_effvit_retinanet_fpn_backbone", "build_lr_scheduler", "build_optimizer", "check_datasets",
-           "feature_name", "load_d2_checkpoint", "register_backbone", "register_demo_datasets"]
+           "fed_loss_weights", "feature_name", "load_d2_checkpoint", "register_backbone", "register_demo_datasets"]
 __all__ += [spec.d2_name for spec in families()]
 
 

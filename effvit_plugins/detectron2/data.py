@@ -21,19 +21,21 @@ they are there.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import os
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES
 from detectron2.data.datasets.lvis import get_lvis_instances_meta, register_lvis_instances
+from detectron2.data.detection_utils import get_fed_loss_cls_weights
 
 from ..datasets.layouts import for_d2_name, get_layout
 
-__all__ = ["DEMO_DATASETS", "DatasetMissingError", "check_datasets", "datasets_root", "load_cityscapes_train_ids",
-           "register_demo_datasets"]
+__all__ = ["DEMO_DATASETS", "DatasetMissingError", "check_datasets", "datasets_root", "fed_loss_weights",
+           "load_cityscapes_train_ids", "register_demo_datasets"]
 
 # demo name -> (generator --dataset, folder under the datasets root, split)
 DEMO_DATASETS: Dict[str, tuple] = {
@@ -97,6 +99,17 @@ def register_demo_datasets(root: str = None) -> None:
             MetadataCatalog.get(name).set(image_dir=image_dir, gt_dir=gt_dir, evaluator_type="sem_seg",
                                           ignore_label=255, stuff_classes=CITYSCAPES_STUFF_CLASSES,
                                           stuff_colors=CITYSCAPES_STUFF_COLORS)
+
+
+def fed_loss_weights(dataset_names: Union[str, Sequence[str]], freq_weight_power: float) -> Callable:
+    """The ``get_fed_loss_cls_weights`` argument of Detectron2's ``FastRCNNOutputLayers`` for a LazyConfig: a
+    function of no arguments giving the per-class weights of the federated loss from the datasets' class image
+    counts (``class_image_count`` metadata, LVIS), what the yacs path builds from ``DATASETS.TRAIN`` and
+    ``MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER``. Written as
+    ``L(fed_loss_weights)(dataset_names="${dataloader.train.dataset.names}", ...)``, the names follow the training
+    set given on the command line, and the config stays serialisable (a lambda in it is not)."""
+    names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
+    return functools.partial(get_fed_loss_cls_weights, names, freq_weight_power)
 
 
 def _needed_paths(name: str) -> List[str]:

@@ -3,8 +3,10 @@
 * yacs (``tools/train_net.py --config-file``), each on one of the hand-written ``Base-EffViT-*.yaml``: COCO Mask
   R-CNN 1x and RetinaNet 1x for every variant, LVIS v1 Mask R-CNN and Cityscapes Semantic FPN for
   ``spec.det_variant``.
-* LazyConfig (Detectron2's ``tools/lazyconfig_train_net.py``): the COCO Mask R-CNN configs
-  (``LazyConfigs/COCO-InstanceSegmentation/``, on the hand-written ``LazyConfigs/common/mask_rcnn_effvit_fpn.py``).
+* LazyConfig (Detectron2's ``tools/lazyconfig_train_net.py``): the twin of every yacs config, the same model,
+  recipe, data and schedule, under ``LazyConfigs/`` with the same folder and file names (``.py``), each on the
+  hand-written base of its task in ``LazyConfigs/common/`` (``D2Task.lazy_common``, the counterpart of its
+  ``Base-EffViT-*.yaml``).
 
 Backbone options: the official dense backbones' (``spec.dense_backbone_kwargs``). Recipes: the family's official
 one (``spec.official_recipes``: optimiser, weight decay, warm-up) where it exists, else the Base file's. Schedules
@@ -16,7 +18,8 @@ import dataclasses
 import math
 from typing import Dict, Iterator, List, Optional
 
-from .common import Generated, figures_of, header, official_recipe, optimizer_summary, published_rows, published_text
+from .common import (Generated, figures_of, header, official_recipe, optimizer_summary, out_channels, published_rows,
+                     published_text)
 
 OUT = "configs/detectron2"
 
@@ -36,20 +39,29 @@ class D2Task:
     one_per_family: bool = False  # only for spec.det_variant
     dense_task: str = "det"
     note: str = ""  # appended to the recipe text
+    lazy_common: str = ""  # the hand-written LazyConfig base: LazyConfigs/common/<lazy_common>.py
+
+    @property
+    def p6p7(self) -> bool:
+        """RetinaNet's FPN: P3-P7, the two coarsest levels from stride-2 convs (else P2-P6, P6 by max pooling)."""
+        return self.builder == "_retinanet_fpn"
 
 
 TASKS = (
     D2Task("mask_rcnn", "COCO-InstanceSegmentation", "Base-EffViT-MaskRCNN-FPN.yaml", "mask_rcnn_{name}_{neck}_1x",
-           "Mask R-CNN 1x, COCO 2017", "coco", 4, "_fpn", recipe="mask-rcnn", det_title="Mask R-CNN"),
+           "Mask R-CNN 1x, COCO 2017", "coco", 4, "_fpn", recipe="mask-rcnn", det_title="Mask R-CNN",
+           lazy_common="mask_rcnn_effvit_fpn"),
     D2Task("retinanet", "COCO-Detection", "Base-EffViT-RetinaNet.yaml", "retinanet_{name}_{neck}_1x",
-           "RetinaNet 1x, COCO 2017", "coco", 8, "_retinanet_fpn", recipe="retinanet", det_title="RetinaNet"),
+           "RetinaNet 1x, COCO 2017", "coco", 8, "_retinanet_fpn", recipe="retinanet", det_title="RetinaNet",
+           lazy_common="retinanet_effvit_fpn"),
     D2Task("lvis", "LVISv1-InstanceSegmentation", "Base-EffViT-LVIS-MaskRCNN-FPN.yaml", "mask_rcnn_{name}_{neck}_1x",
            "Mask R-CNN, LVIS v1 (repeat-factor sampling 1e-3, federated sigmoid loss, 180k iterations)", "lvis", 4,
            "_fpn", recipe="mask-rcnn", one_per_family=True,
-           note="; no official LVIS recipe exists, this is the COCO one on Detectron2's LVIS v1 settings"),
+           note="; no official LVIS recipe exists, this is the COCO one on Detectron2's LVIS v1 settings",
+           lazy_common="lvis_mask_rcnn_effvit_fpn"),
     D2Task("semseg", "Cityscapes-SemanticSegmentation", "Base-EffViT-SemanticFPN.yaml", "semantic_{name}_{neck}_40k",
            "Semantic FPN, Cityscapes 512x1024 crops, 40k iterations", "cityscapes", 4, "_fpn", one_per_family=True,
-           dense_task="seg"),
+           dense_task="seg", lazy_common="semantic_effvit_fpn"),
 )
 STANDARD_RECIPE = ("the Base file's: AdamW lr 1e-4, weight decay 0.05 without decay on norm layers and "
                    "attention-bias tables, 1000-iteration linear warm-up; no official recipe exists for this model")
@@ -66,8 +78,10 @@ def yaml_path(spec, variant: str, task: D2Task) -> str:
     return f"{OUT}/{task.folder}/{name}.yaml"
 
 
-def lazy_path(spec, variant: str) -> str:
-    return f"{OUT}/LazyConfigs/COCO-InstanceSegmentation/mask_rcnn_{spec.d2_token}_{variant}_{neck_token(spec)}_1x.py"
+def lazy_path(spec, variant: str, task: D2Task) -> str:
+    """The LazyConfig twin of :func:`yaml_path`: the same folder and name under ``LazyConfigs/``, ``.py``."""
+    name = task.name.format(name=f"{spec.d2_token}_{variant}", neck=neck_token(spec))
+    return f"{OUT}/LazyConfigs/{task.folder}/{name}.py"
 
 
 def out_features(spec, min_stride: int) -> List[str]:
@@ -149,10 +163,11 @@ def py_value(v) -> str:
     return repr(list(v)) if isinstance(v, tuple) else repr(v)
 
 
-def render_lazy(spec, variant: str) -> str:
-    task = TASKS[0]
-    kw = {"arch": variant, "out_features": out_features(spec, task.min_stride),
-          **spec.dense_backbone_kwargs(variant, task.dense_task)}
+def render_lazy(spec, variant: str, task: D2Task) -> str:
+    """The LazyConfig twin of :func:`render`: the task's common base with this backbone (and neck, where the family
+    has the upsampling FPN) and the same recipe overrides as the yaml file's ``SOLVER``."""
+    feats = out_features(spec, task.min_stride)
+    kw = {"arch": variant, "out_features": feats, **spec.dense_backbone_kwargs(variant, task.dense_task)}
 
     def call(cls: str, indent: str) -> str:
         """``L(cls)(k=v, ...)``, one argument per line."""
@@ -161,8 +176,8 @@ def render_lazy(spec, variant: str) -> str:
 
     rec_text, solver = recipe(spec, variant, task)
     yaml_rel = "../" + yaml_path(spec, variant, task)[len(OUT) + 1:]
-    text = header(f"LazyConfig of {yaml_rel} (for Detectron2's tools/lazyconfig_train_net.py): Mask R-CNN 1x, "
-                  f"COCO 2017; {spec.title} {variant.upper()}.", f"Recipe: {rec_text}.",
+    text = header(f"LazyConfig of {yaml_rel} (for Detectron2's tools/lazyconfig_train_net.py): {task.title}; "
+                  f"{spec.title} {variant.upper()}.", f"Recipe: {rec_text}.",
                   "ImageNet weights: train.init_checkpoint=<file written by tools/convert_checkpoint.py OFFICIAL OUT "
                   "--to detectron2>." if spec.weights_file(variant) else "ImageNet weights: none were released.")
     lines = ["from detectron2.config import LazyCall as L",
@@ -170,19 +185,30 @@ def render_lazy(spec, variant: str) -> str:
              f"from effvit_plugins.detectron2 import {spec.d2_name}" + (", UpsampleFPNBackbone" if spec.upsample_neck
                                                                          else ""),
              "",
-             "from ..common.mask_rcnn_effvit_fpn import dataloader, lr_multiplier, model, optimizer, train",
+             f"from ..common.{task.lazy_common} import dataloader, lr_multiplier, model, optimizer, train",
              ""]
     if spec.upsample_neck:
-        strides = "/".join(str(spec.feature_strides[i]) for i in spec.dense_indices(task.min_stride))
-        lines += [f"# strides {strides} -> P2-P6 by the upsampling FPN (transposed-conv levels down to stride 4)",
+        strides = [spec.feature_strides[i] for i in spec.dense_indices(task.min_stride)]
+        finest, extra = task.min_stride, 1 if task.p6p7 else 0
+        coarsest = strides[-1] * 2 ** extra
+        levels = f"P{int(math.log2(finest))}-P{int(math.log2(coarsest))}"
+        how = f"transposed-conv levels down to stride {finest}" + (
+            f", P{int(math.log2(coarsest))} by a stride-2 conv" if extra else "")
+        lines += [f"# strides {'/'.join(map(str, strides))} -> {levels} by the upsampling FPN ({how})",
                   "model.backbone = L(UpsampleFPNBackbone)(",
                   f"    bottom_up={call(spec.d2_name, '    ')},",
                   '    in_features="${.bottom_up.out_features}",',
                   "    out_channels=256,",
-                  "    finest_stride=4,",
-                  ")"]
+                  f"    finest_stride={finest},"]
+        lines += ["    num_extra_convs=1,"] if extra else []
+        lines += [")"]
     else:
         lines += [f"model.backbone.bottom_up = {call(spec.d2_name, '')}"]
+        if task.p6p7:
+            channels = out_channels(spec, variant, spec.dense_indices(task.min_stride))[-1]
+            lines += [f"# P6 and P7: stride-2 convs on {feats[-1]} ({channels} channels)",
+                      f"model.backbone.top_block.in_feature = {feats[-1]!r}",
+                      f"model.backbone.top_block.in_channels = {channels}"]
     if solver:
         lines += [f"optimizer.lr = {solver['BASE_LR']!r}",
                   f"optimizer.weight_decay = {solver['WEIGHT_DECAY']!r}",
@@ -207,4 +233,5 @@ def generate(spec) -> Iterator[Generated]:
                 figs = figures_of(rows, ("box_AP", "mask_AP"))
             yield Generated(yaml_path(spec, v, task), render(spec, v, task, figs), spec, v, f"d2-{task.key}",
                             task.dataset, "detectron2", figs)
-        yield Generated(lazy_path(spec, v), render_lazy(spec, v), spec, v, "d2-lazy-mask_rcnn", "coco", "detectron2")
+            yield Generated(lazy_path(spec, v, task), render_lazy(spec, v, task), spec, v, f"d2-lazy-{task.key}",
+                            task.dataset, "detectron2", figs)

@@ -197,8 +197,9 @@ def render(specs=None) -> str:
             out += [f"### {title}: {spec.title}", "", f"```{lang}", renderer(spec, v), "```", ""]
     out += ["Train it with `tools/train_net.py --config-file ...` of this repository or with "
             "`effvit_plugins.detectron2.EffViTCheckpointer` in your own loop: Detectron2's plain "
-            "`DetectionCheckpointer` does not convert the official files. LazyConfig versions of our Mask R-CNN "
-            "configs are in `configs/detectron2/LazyConfigs/` ([docs/detectron2.md](detectron2.md)).", ""]
+            "`DetectionCheckpointer` does not convert the official files. LazyConfig versions of all our Detectron2 "
+            "configs (Mask R-CNN, RetinaNet, LVIS, Cityscapes) are in `configs/detectron2/LazyConfigs/` "
+            "([docs/detectron2.md](detectron2.md)).", ""]
     return "\n".join(out)
 
 

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from effvit_plugins.testing import detectron2_results
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, "configs", "detectron2", "demo")
 
@@ -23,14 +25,7 @@ def train_net(datasets, *args, expect_rc=0):
     return out
 
 
-def results(log):
-    """{task: {metric: value}} from Detectron2's 'copypaste:' lines."""
-    res, lines = {}, re.findall(r"copypaste: (.*)", log)
-    for i, line in enumerate(lines):
-        if line.startswith("Task: "):
-            values = [None if v == "nan" else float(v) for v in lines[i + 2].split(",")]  # nan: no such objects
-            res[line[6:]] = dict(zip(lines[i + 1].split(","), values))
-    return res
+results = detectron2_results  # {task: {metric: value}} from Detectron2's 'copypaste:' lines
 
 
 def generate(tmp_path_factory, kind, folder):

@@ -1,8 +1,9 @@
 # LazyConfig base of the effvit_plugins Mask R-CNN configs (the same model and recipe as
 # ../../Base-EffViT-MaskRCNN-FPN.yaml): Detectron2's common Mask R-CNN + FPN model, COCO data (multi-scale
 # 640-800 / 1333) and 1x schedule, with RGB input and ImageNet mean/std, AdamW lr 1e-4 / weight decay 0.05 without
-# decay on norm layers and attention-bias tables, 1000-iteration warm-up. The per-variant files replace
-# model.backbone.bottom_up (or model.backbone) with one of our Detectron2 backbones.
+# decay on norm layers and attention-bias tables, 1000-iteration warm-up, evaluation at the end of training (the
+# yaml's TEST.EVAL_PERIOD 0). The per-variant files replace model.backbone.bottom_up (or model.backbone) with one of
+# our Detectron2 backbones.
 # Runs on the CPU when no GPU is present (train.device).
 import torch
 from detectron2.config import LazyCall as L
@@ -22,6 +23,7 @@ dataloader.train.mapper.image_format = "RGB"
 
 train = get_config("common/train.py").train
 train.device = "cuda" if torch.cuda.is_available() else "cpu"
+train.eval_period = 0  # evaluation after the last iteration only
 
 lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_1x
 
