@@ -110,7 +110,8 @@ def preprocess(image: np.ndarray, meta: dict) -> Preprocessed:
 
 
 def generated_image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A deterministic (h, w, 3) uint8 BGR test image: smooth noise with filled rectangles and ellipses."""
+    """A deterministic (h, w, 3) uint8 BGR test image: smooth noise with filled rectangles and ellipses, plus pixel
+    noise (no flat regions: equal features there would give equal scores, whose order is arbitrary)."""
     import cv2
 
     rng = np.random.default_rng(seed)
@@ -126,7 +127,8 @@ def generated_image(h: int, w: int, seed: int = 0) -> np.ndarray:
             cv2.ellipse(img, ((int(x0 + x1) // 2, int(y0 + y1) // 2)), (max(1, int(x1 - x0) // 2),
                                                                         max(1, int(y1 - y0) // 2)), 0, 0, 360,
                         color, -1)
-    return img
+    noise = rng.integers(-12, 13, img.shape)
+    return np.clip(img.astype(np.int64) + noise, 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------------------------

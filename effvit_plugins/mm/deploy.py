@@ -230,9 +230,10 @@ def class_names(cfg, model: nn.Module) -> List[str]:
     meta = getattr(model, "dataset_meta", None) or {}
     names = meta.get("classes") or cfg.test_dataloader.dataset.get("metainfo", {}).get("classes")
     if not names:
-        from mmengine.registry import DATASETS
+        import importlib
 
-        ds_cls = DATASETS.get(cfg.test_dataloader.dataset.type)
+        registry = importlib.import_module(f"{cfg.get('default_scope', 'mmdet')}.registry").DATASETS
+        ds_cls = registry.get(cfg.test_dataloader.dataset.type)
         names = getattr(ds_cls, "METAINFO", {}).get("classes")
     return [str(n) for n in names] if names else []
 
