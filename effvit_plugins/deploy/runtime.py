@@ -277,19 +277,39 @@ class DetectionDifference:
                 f"{self.box:.2e} px, scores {self.score:.2e}, masks {self.mask_pixels:.2e} of the pixels")
 
 
-def compare_detections(ours: Detections, ref: Detections) -> DetectionDifference:
+def compare_detections(ours: Detections, ref: Detections, tie: float = 1e-4) -> DetectionDifference:
+    """Pair the detections of two results and measure how they differ. Detections are paired in score order; among
+    detections whose scores are within ``tie`` of each other (their order can swap between two runtimes) each is
+    paired with the one of the same label and the closest box."""
     n = min(len(ours), len(ref))
-    inf = float("inf") if len(ours) != len(ref) else 0.0
-    box = float(np.abs(ours.boxes[:n] - ref.boxes[:n]).max()) if n else 0.0
-    score = float(np.abs(ours.scores[:n] - ref.scores[:n]).max()) if n else 0.0
-    labels = int((ours.labels[:n] != ref.labels[:n]).sum())
+    pairs, used = [], set()
+    for i in range(len(ours)):
+        best, best_cost = None, float("inf")
+        for j in range(len(ref)):
+            if j in used or abs(float(ours.scores[i]) - float(ref.scores[j])) > tie:
+                continue
+            cost = float(np.abs(ours.boxes[i] - ref.boxes[j]).max()) + (1e9 if ours.labels[i] != ref.labels[j] else 0)
+            if cost < best_cost:
+                best, best_cost = j, cost
+        if best is None:
+            best = next((j for j in range(len(ref)) if j not in used), None)
+        if best is None:
+            break
+        used.add(best)
+        pairs.append((i, best))
+    inf = float("inf") if len(ours) != len(ref) or len(pairs) != n else 0.0
+    box = max((float(np.abs(ours.boxes[i] - ref.boxes[j]).max()) for i, j in pairs), default=0.0)
+    score = max((abs(float(ours.scores[i]) - float(ref.scores[j])) for i, j in pairs), default=0.0)
+    labels = sum(int(ours.labels[i] != ref.labels[j]) for i, j in pairs)
     frac = 0.0
     if ours.masks is not None or ref.masks is not None:
         if ours.masks is None or ref.masks is None or ours.masks.shape[1:] != ref.masks.shape[1:]:
             frac = float("inf")
-        for a, b in zip(ours.masks[:n] if frac == 0 else [], ref.masks[:n] if frac == 0 else []):
-            union = int((a | b).sum())
-            frac = max(frac, int((a ^ b).sum()) / union if union else 0.0)
+        else:
+            for i, j in pairs:
+                a, b = ours.masks[i], ref.masks[j]
+                union = int((a | b).sum())
+                frac = max(frac, int((a ^ b).sum()) / union if union else 0.0)
     return DetectionDifference((len(ours), len(ref)), labels, max(box, inf), max(score, inf), max(frac, inf))
 
 
