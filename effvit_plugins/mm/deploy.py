@@ -238,7 +238,7 @@ def class_names(cfg, model: nn.Module) -> List[str]:
     return [str(n) for n in names] if names else []
 
 
-def _fitting_image_size(steps: List[dict], size: Tuple[int, int]) -> Tuple[int, int]:
+def fitting_image_size(steps: List[dict], size: Tuple[int, int]) -> Tuple[int, int]:
     """An original-image size whose test-time resize fits the export size (for the export check)."""
     from ..deploy.runtime import apply_resize_steps
     import numpy as np
@@ -285,7 +285,7 @@ def deploy_metadata(cfg, model: nn.Module, kind: str, size: Tuple[int, int], nam
     return meta
 
 
-def _mmdet_detections(model: nn.Module, pre, class_names_=()):
+def mmdet_detections(model: nn.Module, pre, class_names_=()):
     """mmdet's own test-time inference (``predict`` with rescaling) on a preprocessed input."""
     from mmdet.structures import DetDataSample
 
@@ -309,13 +309,13 @@ def detection_checker(model: nn.Module, meta: dict, what: str, seed: int = 0):
 
     def check(path):
         det = OnnxDetector(path)
-        pre = det.preprocess(generated_image(*_fitting_image_size(meta["pipeline"], meta["input_size"]), seed=seed))
+        pre = det.preprocess(generated_image(*fitting_image_size(meta["pipeline"], meta["input_size"]), seed=seed))
         try:
             ours = det.postprocess(det.run(pre), pre)
         except Exception as e:  # onnxruntime's own exception types
             raise ExportError(f"{what}: onnxruntime cannot run the exported graph: "
                               f"{str(e).strip().splitlines()[0][:400]}") from None
-        diff = compare_detections(ours, _mmdet_detections(model, pre))
+        diff = compare_detections(ours, mmdet_detections(model, pre))
         if not diff.within(**DETECTION_TOLERANCE):
             raise ExportError(f"{what}: onnxruntime's detections differ from mmdet's ({diff}; tolerance "
                               f"{DETECTION_TOLERANCE}).")
@@ -334,7 +334,7 @@ def segmentation_checker(model: nn.Module, meta: dict, what: str, seed: int = 0)
 
     def check(path):
         seg = OnnxSegmentor(path)
-        pre = seg.preprocess(generated_image(*_fitting_image_size(meta["pipeline"], meta["input_size"]), seed=seed))
+        pre = seg.preprocess(generated_image(*fitting_image_size(meta["pipeline"], meta["input_size"]), seed=seed))
         try:
             ours = seg.run(pre)
         except Exception as e:

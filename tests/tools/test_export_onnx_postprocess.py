@@ -38,47 +38,18 @@ def _options(rel, options):
     return {k: v for k, v in options.items() if "roi_head" not in k or "mask-rcnn" in rel}
 
 
-def _calibrate(model, layers, image):
-    """Scale each linear/conv layer (weight and bias, before a ReLU) so that its output on ``image`` has unit
-    standard deviation: the random backbones' features differ in scale by orders of magnitude, and saturated
-    sigmoid / softmax scores are exactly equal, whose order is arbitrary in mmdet as in any runtime."""
+def _biased_checkpoint(cfg, path):
+    """Random weights (seeded) made to detect (:func:`effvit_plugins.testing.detector_with_detections`)."""
     from mmdet.apis import inference_detector
 
-    for layer in layers:
-        seen = []
-        handle = layer.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
-        with torch.no_grad():
-            inference_detector(model, image)
-        handle.remove()
-        std = float(torch.cat([o.flatten() for o in seen]).std())
-        with torch.no_grad():
-            layer.weight /= std
-            layer.bias /= std
+    from effvit_plugins.testing import detector_with_detections
 
-
-def _biased_checkpoint(cfg, path):
-    """Random weights (seeded), heads initialised as mmdet does, calibrated and biased so that many boxes pass
-    score_thr with distinct scores."""
     torch.manual_seed(0)
     model = build_model_from_cfg(cfg)
     model.cfg = cfg
-    image = generated_image(*IMAGES[0], seed=0)
-    if hasattr(model, "roi_head"):
-        model.rpn_head.init_weights()
-        model.roi_head.init_weights()
-        bbox_head = model.roi_head.bbox_head
-        _calibrate(model, [model.rpn_head.rpn_conv, *bbox_head.shared_fcs], image)
-        torch.nn.init.normal_(model.rpn_head.rpn_cls.weight, std=0.1)
-        torch.nn.init.normal_(bbox_head.fc_cls.weight, std=0.1)
-        torch.nn.init.normal_(bbox_head.fc_reg.weight, std=0.01)
-        with torch.no_grad():  # classes 0-4 likely, background (last) unlikely: scores of about 0.1-0.2
-            bbox_head.fc_cls.bias[:5] = 3.0
-            bbox_head.fc_cls.bias[-1] = -5.0
-    elif hasattr(model, "bbox_head"):
-        model.bbox_head.init_weights()
-        _calibrate(model, [c.conv for c in model.bbox_head.cls_convs], image)
-        torch.nn.init.normal_(model.bbox_head.retina_cls.weight, std=0.05)
-        torch.nn.init.constant_(model.bbox_head.retina_cls.bias, -2.5)
+    if hasattr(model, "roi_head") or hasattr(model, "bbox_head"):
+        image = generated_image(*IMAGES[0], seed=0)
+        detector_with_detections(model, lambda: inference_detector(model, image))
     torch.save({"state_dict": model.state_dict(), "meta": {}}, path)
     return model
 

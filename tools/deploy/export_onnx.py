@@ -87,8 +87,8 @@ def main(argv=None):
     out = args.out or os.path.join("work_dirs", "onnx", name + ".onnx")
     scope = str(cfg.get("default_scope", ""))
     if not args.features and (args.with_postprocess or scope == "mmdet"):
-        if args.features or args.dynamic:
-            fail("--with-postprocess exports a fixed-size graph of the whole model: drop --dynamic / --features")
+        if args.dynamic:
+            fail("a model with its post-processing is exported at a fixed size (--shape): drop --dynamic")
         return export_with_postprocess(args, cfg, name, out)
     try:
         model, names, kind = build_export_model(cfg, args.checkpoint, args.features, args.out_indices)
@@ -124,14 +124,13 @@ def export_with_postprocess(args, cfg, name, out):
     from effvit_plugins.mm.tools_common import fail
     from effvit_plugins.deploy import OPSET, ExportError, export_onnx
     from effvit_plugins.deploy.runtime import METADATA_KEY, describe_outputs
-    from effvit_plugins.mm.deploy import build_deploy_export
+    from effvit_plugins.mm.deploy import build_deploy_export, fitting_image_size
     import json
 
     try:
         dep = build_deploy_export(cfg, args.checkpoint, tuple(args.shape), name)
-        # the check image must fit the export size after the test resize: fail before exporting if it cannot
-        from effvit_plugins.mm.deploy import _fitting_image_size
-        _fitting_image_size(dep.metadata["pipeline"], dep.metadata["input_size"])
+        # images resized by the test pipeline must fit the export size: fail before exporting if they cannot
+        fitting_image_size(dep.metadata["pipeline"], dep.metadata["input_size"])
     except ValueError as e:
         fail(str(e))
     except RuntimeError as e:  # strict checkpoint loading
