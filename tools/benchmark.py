@@ -355,7 +355,7 @@ def suite_deploy(args, device, dtype):
             errs = dict(zip(report.check_names, report.checks[0][1]))
             print(f"Mask R-CNN {name:<22} {h}x{w}  eager {t_eager * 1e3:8.1f} ms | onnxruntime {t_ort * 1e3:8.1f} ms "
                   f"(x{t_eager / t_ort:4.2f}) | {n} detections; export check vs mmdet: boxes {errs['box px']:.1e} px, "
-                  f"scores {errs['score']:.1e}, masks {errs['mask pixels']:.1e}", flush=True)
+                  f"scores {errs['score']:.1e}, masks {errs['mask fraction']:.1e} ({errs['mask pixels']:.0f} px)", flush=True)
             del det
 
 

@@ -139,3 +139,33 @@ def test_image_larger_than_the_export_and_unsupported_detector_are_clear_errors(
         load_tool("deploy/export_onnx").main([os.path.join(repo_root, rel), "--shape", "128", "160", "--out",
                                               str(out), "--cfg-options", "model.test_cfg.nms.type=soft_nms"])
     assert "only 'nms'" in capsys.readouterr().err and os.listdir(tmp_path) == []
+
+
+def test_several_inputs_checker_and_metadata_and_a_failed_check_writes_nothing(tmp_path):
+    from effvit_plugins.deploy import ExportError, export_onnx, read_metadata
+
+    class Shift(torch.nn.Module):
+        def forward(self, x, offset):
+            return torch.nn.functional.conv2d(x, torch.ones(2, 3, 1, 1)) + offset
+
+    inputs = (torch.randn(1, 3, 8, 8), torch.tensor([0.5]))
+    seen = []
+
+    def checker(path):
+        seen.append(read_metadata(path))
+        return ["max"], [((8, 8), [0.0])]
+
+    report = export_onnx(Shift(), str(tmp_path / "ok.onnx"), (8, 8), inputs=inputs, input_names=["x", "offset"],
+                         output_names=["y"], checker=checker, metadata={"k": "v"})
+    assert seen == [{"k": "v"}] and read_metadata(str(tmp_path / "ok.onnx")) == {"k": "v"}
+    assert report.check_names == ["max"] and report.checks == [((8, 8), [0.0])]
+
+    def failing(path):
+        raise ExportError("detections differ")
+
+    with pytest.raises(ExportError, match="detections differ"):
+        export_onnx(Shift(), str(tmp_path / "bad.onnx"), (8, 8), inputs=inputs, input_names=["x", "offset"],
+                    checker=failing)
+    assert sorted(os.listdir(tmp_path)) == ["ok.onnx"]
+    with pytest.raises(ValueError, match="needs a checker"):
+        export_onnx(Shift(), str(tmp_path / "bad.onnx"), (8, 8), inputs=inputs)
