@@ -79,6 +79,7 @@ def _compare_with_inference_detector(model, path):
         ref = Detections(res.bboxes.numpy(), res.scores.numpy(), res.labels.numpy(),
                          res.masks.numpy() if "masks" in res else None)
         diff = compare_detections(ours, ref)
+        print(f"onnxruntime vs inference_detector, {h}x{w} image: {diff}")  # the figures of docs/deployment.md
         assert diff.within(**DETECTION_TOLERANCE), (IMAGES[i], str(diff))
         assert ours.boxes.dtype == np.float32 and ours.labels.dtype == np.int64
         if ours.masks is not None:
@@ -169,3 +170,13 @@ def test_several_inputs_checker_and_metadata_and_a_failed_check_writes_nothing(t
     assert sorted(os.listdir(tmp_path)) == ["ok.onnx"]
     with pytest.raises(ValueError, match="needs a checker"):
         export_onnx(Shift(), str(tmp_path / "bad.onnx"), (8, 8), inputs=inputs)
+
+
+def test_no_detection_above_the_threshold_gives_empty_outputs(tmp_path, repo_root, load_tool):
+    """The graph honours the exported score_thr; with none above it every output (also the mask head's) is empty."""
+    rel = MASK_RCNN["efficientvit_mit"]
+    options = dict(_options(rel, DET_OPTIONS), **{"model.test_cfg.rcnn.score_thr": 1.0})
+    model, path, report = _export(load_tool, repo_root, rel, options, tmp_path)
+    assert report.checks[0][1][0] == 0
+    out = OnnxDetector(path)(generated_image(100, 141))
+    assert len(out) == 0 and out.boxes.shape == (0, 4) and out.masks.shape == (0, 100, 141)
