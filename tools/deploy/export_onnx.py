@@ -89,6 +89,9 @@ def main(argv=None):
     if not args.features and (args.with_postprocess or scope == "mmdet"):
         if args.dynamic:
             fail("a model with its post-processing is exported at a fixed size (--shape): drop --dynamic")
+        if args.opset is not None and args.opset < 16:
+            fail(f"--opset {args.opset}: the post-processing needs opset 16 or later (RoiAlign with half-pixel "
+                 f"coordinates, as mmdet's aligned RoIAlign); use --opset 16 or more")
         return export_with_postprocess(args, cfg, name, out)
     try:
         model, names, kind = build_export_model(cfg, args.checkpoint, args.features, args.out_indices)
@@ -141,7 +144,7 @@ def export_with_postprocess(args, cfg, name, out):
           f"{args.shape[0]}x{args.shape[1]}", flush=True)
     try:
         report = export_onnx(dep.module, out, tuple(args.shape), output_names=dep.output_names,
-                             opset=max(args.opset or OPSET, 16), check=not args.no_check, what=what,
+                             opset=args.opset or OPSET, check=not args.no_check, what=what,
                              progress=lambda s: print("  " + s, flush=True), inputs=dep.inputs,
                              input_names=dep.input_names, checker=dep.checker,
                              metadata={METADATA_KEY: json.dumps(dep.metadata)})
