@@ -49,7 +49,7 @@ import torch  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Latency benchmark (ours vs reference, same process)")
-    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families", "det", "d2", "onnx"],
+    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families", "det", "d2", "onnx", "deploy"],
                    choices=["seg", "backbones", "families", "det", "d2", "onnx", "deploy"])
     p.add_argument("--repeat", type=int, default=10, help="timed runs per model (median reported)")
     p.add_argument("--warmup", type=int, default=2)

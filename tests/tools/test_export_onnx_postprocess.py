@@ -66,7 +66,7 @@ def _export(load_tool, repo_root, rel, options, tmp_path, *extra):
     return model.eval(), str(out), report
 
 
-def _compare_with_inference_detector(model, path):
+def _compare_with_inference_detector(model, path, figures):
     from mmdet.apis import inference_detector
 
     det = OnnxDetector(path)
@@ -79,7 +79,7 @@ def _compare_with_inference_detector(model, path):
         ref = Detections(res.bboxes.numpy(), res.scores.numpy(), res.labels.numpy(),
                          res.masks.numpy() if "masks" in res else None)
         diff = compare_detections(ours, ref)
-        print(f"onnxruntime vs inference_detector, {h}x{w} image: {diff}")  # the figures of docs/deployment.md
+        figures.append(f"onnxruntime vs inference_detector, {h}x{w} image: {diff}")  # docs/deployment.md's
         assert diff.within(**DETECTION_TOLERANCE), (IMAGES[i], str(diff))
         assert ours.boxes.dtype == np.float32 and ours.labels.dtype == np.int64
         if ours.masks is not None:
@@ -97,17 +97,21 @@ def test_mask_rcnn_exports_with_postprocessing_and_matches_inference_detector(fa
     assert report.check_names[0] == "detections" and report.checks[0][1][0] > 0
     ops = report.op_counts
     assert ops.get("NonMaxSuppression", 0) == 2 and ops.get("RoiAlign", 0) == 8  # RPN + R-CNN; 4 levels x 2
-    assert _compare_with_inference_detector(model, path) > 0
+    figures = []
+    assert _compare_with_inference_detector(model, path, figures) > 0
     meta = json.loads({p.key: p.value for p in onnx.load(path).metadata_props}[METADATA_KEY])
     assert meta["task"] == "instance_segmentation" and len(meta["classes"]) == 80 and meta["input_size"] == [*SIZE]
     out = capsys.readouterr().out
     assert "graph outputs: boxes (n, 4)" in out and "masks (n, 28, 28)" in out and "OnnxDetector" in out
+    print("\n".join(f"{family}: {f}" for f in figures))
 
 
 def test_retinanet_exports_with_postprocessing_and_matches_inference_detector(tmp_path, repo_root, load_tool):
     model, path, report = _export(load_tool, repo_root, RETINANET, _options(RETINANET, DET_OPTIONS), tmp_path)
     assert report.output_names == ["boxes", "scores", "labels"] and report.op_counts["NonMaxSuppression"] == 1
-    assert _compare_with_inference_detector(model, path) > 0
+    figures = []
+    assert _compare_with_inference_detector(model, path, figures) > 0
+    print("\n".join(f"retinanet: {f}" for f in figures))
     assert OnnxDetector(path)(generated_image(60, 90)).masks is None
 
 
