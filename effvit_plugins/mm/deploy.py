@@ -204,7 +204,7 @@ _IGNORED_STEPS = {"LoadImageFromFile", "LoadImageFromNDArray", "LoadAnnotations"
                   "PackSegInputs"}
 
 
-def test_resize_steps(cfg) -> List[dict]:
+def pipeline_resize_steps(cfg) -> List[dict]:
     """The resize steps of the config's test pipeline, for the runtime; other transforms are refused."""
     ds = cfg.test_dataloader.dataset
     while "pipeline" not in ds and "dataset" in ds:
@@ -262,7 +262,7 @@ def deploy_metadata(cfg, model: nn.Module, kind: str, size: Tuple[int, int], nam
 
     pre = preprocessing(cfg)
     H, W = int(size[0]), int(size[1])
-    meta = dict(format=FORMAT_VERSION, config=name, input_size=[H, W], pipeline=test_resize_steps(cfg),
+    meta = dict(format=FORMAT_VERSION, config=name, input_size=[H, W], pipeline=pipeline_resize_steps(cfg),
                 mean=pre["mean"], std=pre["std"], bgr_to_rgb=pre["to_rgb"], pad_value=0,
                 classes=class_names(cfg, model))
     if kind == "detector":
