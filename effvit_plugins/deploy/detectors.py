@@ -93,8 +93,9 @@ class DenseDetectionPostProcess(nn.Module):
             d = bbox_preds[i][0].permute(1, 2, 0).reshape(-1, 4)
             cand = torch.nonzero(s > self.score_thr)  # (k, 2): anchor, class
             cand_scores = s[cand[:, 0], cand[:, 1]]
-            order = torch.argsort(cand_scores, descending=True)[:self.nms_pre] if self.nms_pre > 0 else \
-                torch.argsort(cand_scores, descending=True)
+            order = torch.argsort(cand_scores, descending=True)
+            if self.nms_pre > 0:
+                order = order[:self.nms_pre]
             cand = cand[order]
             anchor_idx = cand[:, 0]
             boxes.append(decode_deltas(anchors[anchor_idx], d[anchor_idx], self.means, self.stds, img_shape,
@@ -178,8 +179,10 @@ def multiclass_nms(boxes: Tensor, scores: Tensor, score_thr: float, iou_threshol
     """Per-class boxes ``(n, 4 * classes)`` (or shared ``(n, 4)``) and softmax scores ``(n, classes + 1)`` (last
     column: background) -> the ``max_num`` best (box, score, label) above ``score_thr`` after NMS per class."""
     num_classes = scores.shape[1] - 1
-    boxes = boxes.reshape(boxes.shape[0], -1, 4).expand(-1, num_classes, 4) if boxes.shape[1] == 4 else \
-        boxes.reshape(boxes.shape[0], num_classes, 4)
+    if boxes.shape[1] == 4:  # class-agnostic regression: one box for every class
+        boxes = boxes.reshape(boxes.shape[0], 1, 4).expand(-1, num_classes, 4)
+    else:
+        boxes = boxes.reshape(boxes.shape[0], num_classes, 4)
     cls_scores = scores[:, :num_classes]
     cand = torch.nonzero(cls_scores > score_thr)  # (k, 2): box, class
     cand_boxes = boxes[cand[:, 0], cand[:, 1]]
