@@ -395,8 +395,8 @@ def build_export_model(cfg, checkpoint: Optional[str] = None, features: bool = F
     """(module to export, output names, kind) for a config (+ optional checkpoint).
 
     ``features`` exports the backbone (+ neck) outputs of any config; otherwise classifiers give logits and
-    segmentors logits at the input size. Detectors are only exported as features (their post-processing, NMS,
-    is not a network output).
+    segmentors logits at the input size. Detectors here only as features; with their post-processing (and
+    segmentors with the arg-max) through :func:`build_deploy_export`.
     """
     from .tools_common import build_model_from_cfg
 
