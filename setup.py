@@ -3,7 +3,7 @@
 
     pip install .[mm]           OpenMMLab 2.x (mmcv must have its compiled ops: docs/setup.md)
     pip install .[detectron2]   Detectron2's runtime requirements (Detectron2 itself: from source, its own docs)
-    pip install .[deploy]       ONNX export and its onnxruntime check
+    pip install .[deploy]       ONNX export, its onnxruntime check and the runtime of exported detectors
     pip install .[test]         what the test suite needs besides the above
 
 The wheel and the sdist also carry ``effvit_plugins/.mim/`` -- the configs, the tools and the model index -- where
@@ -55,7 +55,8 @@ EXTRAS = {
     "detectron2": ["fvcore>=0.1.5,<0.1.6", "iopath>=0.1.7,<0.1.10", "omegaconf>=2.1,<2.4", "hydra-core>=1.1",
                    "yacs>=0.1.8", "termcolor>=1.1", "tabulate", "cloudpickle", "tqdm>4.29.0", "tensorboard", "black",
                    "matplotlib", "Pillow>=7.1", "packaging", "pycocotools>=2.0.2"],
-    "deploy": ["onnx>=1.14", "onnxruntime>=1.16"],
+    # opencv: the runtime's resize (effvit_plugins.deploy.OnnxDetector), the same cv2 resize as mmcv's pipeline
+    "deploy": ["onnx>=1.14", "onnxruntime>=1.16", "opencv-python>=4.5"],
     # openmim is not listed: its dependency opendatalab pins setuptools~=60.2 and downgrades requests/rich/tqdm;
     # install it with `pip install --no-deps openmim` plus its other requirements (scripts/setup.sh does)
     "test": ["pytest", "timm>=1.0", "numpy", "Pillow", "pycocotools", "lvis", "cityscapesscripts", "ftfy", "regex"],

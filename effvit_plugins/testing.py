@@ -822,3 +822,42 @@ def detectron2_results(log: str) -> Dict[str, Dict[str, Optional[float]]]:
             values = [None if v == "nan" else float(v) for v in lines[i + 2].split(",")]
             res[line[6:]] = dict(zip(lines[i + 1].split(","), values))
     return res
+
+
+def detector_with_detections(model: nn.Module, run: Callable[[], object], seed: int = 0) -> nn.Module:
+    """An mmdet RetinaNet / Mask R-CNN with random weights made to detect: heads initialised as mmdet does, the layer
+    before each classifier scaled so that its output on ``run()`` (one inference of the model, e.g. on a generated
+    image) has unit standard deviation -- random backbones' features differ in scale by orders of magnitude, and
+    saturated sigmoid / softmax scores are exactly equal, whose order is arbitrary in mmdet as in any runtime --
+    and the classifiers biased so that many boxes pass the test score threshold with distinct scores. In place."""
+    torch.manual_seed(seed)
+
+    def calibrate(layers):
+        for layer in layers:
+            seen = []
+            handle = layer.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+            with torch.no_grad():
+                run()
+            handle.remove()
+            std = float(torch.cat([o.flatten() for o in seen]).std())
+            with torch.no_grad():
+                layer.weight /= std
+                layer.bias /= std
+
+    if hasattr(model, "roi_head"):
+        model.rpn_head.init_weights()
+        model.roi_head.init_weights()
+        bbox_head = model.roi_head.bbox_head
+        calibrate([model.rpn_head.rpn_conv, *bbox_head.shared_fcs])
+        nn.init.normal_(model.rpn_head.rpn_cls.weight, std=0.1)
+        nn.init.normal_(bbox_head.fc_cls.weight, std=0.1)
+        nn.init.normal_(bbox_head.fc_reg.weight, std=0.01)
+        with torch.no_grad():  # classes 0-4 likely, background (last) unlikely: scores of about 0.1-0.2
+            bbox_head.fc_cls.bias[:5] = 3.0
+            bbox_head.fc_cls.bias[-1] = -5.0
+    else:
+        model.bbox_head.init_weights()
+        calibrate([c.conv for c in model.bbox_head.cls_convs])
+        nn.init.normal_(model.bbox_head.retina_cls.weight, std=0.05)
+        nn.init.constant_(model.bbox_head.retina_cls.bias, -2.5)
+    return model.eval()

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Latency of our models against reference implementations, measured in the same process.
 
-    python tools/benchmark.py [--suite seg backbones families det d2 onnx] [--repeat 10] [--threads N] [--device cpu|cuda]
+    python tools/benchmark.py [--suite seg backbones families det d2 onnx deploy] [--repeat 10] [--threads N]
+                              [--device cpu|cuda]
                               [--dtype float32|bfloat16|float16]
 
 Suites:
@@ -21,6 +22,12 @@ Suites:
              (``features_only``) timed in the same interleaved rounds -- and the EfficientViT-B1 SegHead segmentor
              (Cityscapes config, logits at the input size) at 1024x2048, eager vs onnxruntime.  Targets: every
              backbone no slower than timm in eager mode; onnxruntime >= 1.3x faster than eager for the segmentor.
+  deploy     the whole exported detector: Mask R-CNN of one variant per family (our COCO configs) exported with its
+             post-processing (tools/deploy/export_onnx.py at 800x1344) and run by onnxruntime with the numpy
+             mask pasting (effvit_plugins.deploy.OnnxDetector), against eager PyTorch (mmdet ``predict`` with
+             rescaling and mask pasting) on the same preprocessed 800x1333 image, timed interleaved.  Random weights
+             with the box classifier biased so that 100 detections pass the config's score threshold (the mask head
+             runs on them, as for a trained model); the export's check against mmdet runs first.
   d2         Detectron2: Mask R-CNN with our EfficientFormer-L1 and EfficientViT-B1 backbones (configs/detectron2/
              COCO-InstanceSegmentation) vs Detectron2's own R-50-FPN Mask R-CNN (its model zoo's
              mask_rcnn_R_50_FPN_1x), one 800x1333 image: whole model (inference on 1000 proposals -- RPN NMS
@@ -42,8 +49,8 @@ import torch  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Latency benchmark (ours vs reference, same process)")
-    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families", "det", "d2", "onnx"],
-                   choices=["seg", "backbones", "families", "det", "d2", "onnx"])
+    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families", "det", "d2", "onnx", "deploy"],
+                   choices=["seg", "backbones", "families", "det", "d2", "onnx", "deploy"])
     p.add_argument("--repeat", type=int, default=10, help="timed runs per model (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -52,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", default=None,
                    help="restrict the backbones / onnx suites (e.g. b0 l3 m4 seg-b1)")
     p.add_argument("--sizes", type=int, nargs="+", default=[224, 512], help="onnx suite: backbone input sides")
+    p.add_argument("--det-size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"),
+                   help="deploy suite: image size (the export is padded to multiples of 32)")
     return p.parse_args(argv)
 
 
@@ -289,6 +298,65 @@ def suite_onnx(args, device, dtype):
         t_eager, t_ort, err, _ = torch_vs_onnxruntime(seg, (1024, 2048), args.repeat, args.warmup, threads,
                                                       what="EfficientViT-B1 SegHead")
         _deploy_line("EfficientViT-B1 SegHead", "1024x2048", t_eager, t_ort, err)
+
+
+DEPLOY_CONFIGS = (  # (name, our Mask R-CNN config): one variant per family
+    ("EfficientViT-B1", "configs/efficientvit_mit/mask-rcnn_efficientvit-mit-b1_fpn_8xb2-1x_coco.py"),
+    ("EfficientViT-MSRA-M4", "configs/efficientvit_msra/mask-rcnn_efficientvit-msra-m4_upfpn_8xb2-1x_coco.py"),
+    ("EdgeViT-XS", "configs/edgevit/mask-rcnn_edgevit-xs_fpn_8xb2-1x_coco.py"),
+    ("EfficientFormer-L1", "configs/efficientformer/mask-rcnn_efficientformer-l1_fpn_8xb2-1x_coco.py"),
+    ("EfficientFormerV2-S1", "configs/efficientformer/mask-rcnn_efficientformerv2-s1_fpn_8xb2-1x_coco.py"),
+)
+
+
+def suite_deploy(args, device, dtype):
+    import tempfile
+
+    from effvit_plugins.deploy import ExportError, export_onnx
+    from effvit_plugins.deploy.runtime import METADATA_KEY, OnnxDetector, generated_image, preprocess
+    from effvit_plugins.mm.deploy import mmdet_detections, build_deploy_export
+    from effvit_plugins.mm.tools_common import load_config
+    from effvit_plugins.testing import detector_with_detections
+    from effvit_plugins.utils.benchmark import keep_freed_memory, time_interleaved
+    import json
+
+    if device != "cpu" or dtype != torch.float32:
+        print("== deploy suite: CPU float32 only (onnxruntime CPU provider); skipped ==")
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h, w = args.det_size
+    size = (-(-h // 32) * 32, -(-w // 32) * 32)
+    threads = torch.get_num_threads()
+    kept = keep_freed_memory()
+    print(f"== whole Mask R-CNN with post-processing, one {h}x{w} image (graph {size[0]}x{size[1]}): eager PyTorch "
+          f"(mmdet predict) vs onnxruntime ({threads} threads) + numpy mask pasting, median of {args.repeat} "
+          f"interleaved rounds; freed memory kept: {kept} ==", flush=True)
+    for name, rel in DEPLOY_CONFIGS:
+        cfg = load_config(os.path.join(root, rel), {"test_dataloader.dataset.pipeline.1.scale": (max(h, w), min(h, w))})
+        torch.manual_seed(0)
+        with tempfile.TemporaryDirectory() as d:
+            dep = build_deploy_export(cfg, None, size, name)
+            model = dep.module.detector
+            pre = preprocess(generated_image(h, w), dep.metadata)
+            detector_with_detections(model, lambda: mmdet_detections(model, pre))
+            path = os.path.join(d, "model.onnx")
+            try:
+                report = export_onnx(dep.module, path, size, output_names=dep.output_names, inputs=dep.inputs,
+                                     input_names=dep.input_names, checker=dep.checker, what=name,
+                                     metadata={METADATA_KEY: json.dumps(dep.metadata)})
+            except ExportError as e:
+                print(f"Mask R-CNN {name:<22}: not timed: {str(e)[:300]}", flush=True)
+                continue
+            det = OnnxDetector(path, threads)
+            fns = [lambda: mmdet_detections(model, pre), lambda: det.postprocess(det.run(pre), pre)]
+            with torch.inference_mode():
+                t_eager, t_ort = time_interleaved(fns, args.repeat, args.warmup)
+            n = len(fns[1]())
+            errs = dict(zip(report.check_names, report.checks[0][1]))
+            print(f"Mask R-CNN {name:<22} {h}x{w}  eager {t_eager * 1e3:8.1f} ms | onnxruntime {t_ort * 1e3:8.1f} ms "
+                  f"(x{t_eager / t_ort:4.2f}) | {n} detections; export check vs mmdet: boxes {errs['box px']:.1e} px, "
+                  f"scores {errs['score']:.1e}, masks {errs['mask fraction']:.1e} ({errs['mask pixels']:.0f} px)", flush=True)
+            del det
 
 
 D2_CONFIGS = (  # (name, our Detectron2 Mask R-CNN config)

@@ -18,7 +18,7 @@ from ..models.layers import fold_bn
 FOLD_PROBE_SIZE = 64  # input side of the forward pass that finds the conv -> BN pairs (any size works)
 
 
-def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> List[Tuple[str, str]]:
+def _conv_bn_pairs(model: nn.Module, example) -> List[Tuple[str, str]]:
     """(conv name, bn name) for every BatchNorm whose input is exactly the output of one convolution.
 
     Found from one forward pass with autograd on (so our cores run the plain ``bn(conv(x))`` path) in eval mode:
@@ -51,7 +51,7 @@ def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> List[Tuple[str, s
             handles.append(m.register_forward_hook(bn_hook))
     try:
         with torch.enable_grad():
-            model(example)
+            model(*example) if isinstance(example, tuple) else model(example)
     finally:
         for h in handles:
             h.remove()
@@ -65,12 +65,13 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def fold_batchnorm(model: nn.Module, example: Optional[torch.Tensor] = None) -> Tuple[nn.Module, int]:
+def fold_batchnorm(model: nn.Module, example=None) -> Tuple[nn.Module, int]:
     """A copy of ``model`` (eval mode) with every eval-mode BatchNorm that directly follows a convolution folded
     into that convolution's weight and bias (:func:`~effvit_plugins.models.layers.fold_bn`, the formula the cores
     use at inference), the BatchNorm replaced by ``nn.Identity``. Returns ``(copy, count)``.
 
-    ``example``: an input for the pairing forward pass (default: a 64x64 RGB image; our backbones run at any size).
+    ``example``: an input for the pairing forward pass, or a tuple of inputs (default: a 64x64 RGB image; our
+    backbones run at any size).
     """
     folded = copy.deepcopy(model).eval()
     if example is None:

@@ -54,6 +54,7 @@ class ExportReport:
     output_names: List[str]
     checks: List[Tuple[Tuple[int, int], List[float]]]  # ((H, W), max relative error per output)
     op_counts: Dict[str, int]
+    check_names: Optional[List[str]] = None  # what each error of ``checks`` measures (default: the outputs)
 
     @property
     def max_rel_error(self) -> float:
@@ -151,6 +152,28 @@ def graph_op_counts(path: str) -> Dict[str, int]:
     return counts
 
 
+def write_metadata(path: str, metadata: Dict[str, str]) -> None:
+    """Set ``metadata_props`` entries (key -> string value) of an ONNX file in place."""
+    import onnx
+
+    graph = onnx.load(path)
+    keep = [p for p in graph.metadata_props if p.key not in metadata]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(keep)
+    for k, v in metadata.items():
+        graph.metadata_props.add(key=str(k), value=str(v))
+    onnx.save(graph, path)
+
+
+def read_metadata(path_or_session) -> Dict[str, str]:
+    """``metadata_props`` of an ONNX file (path) or of an onnxruntime session's model."""
+    if isinstance(path_or_session, (str, os.PathLike)):
+        import onnx
+
+        return {p.key: p.value for p in onnx.load(str(path_or_session), load_external_data=False).metadata_props}
+    return dict(path_or_session.get_modelmeta().custom_metadata_map)
+
+
 def unfolded_batchnorms(path: str) -> List[str]:
     """Names of BatchNormalization nodes of the ONNX graph whose input comes from a Conv."""
     import onnx
@@ -182,20 +205,36 @@ def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int], dynamic: bo
                 output_names: Optional[Sequence[str]] = None, opset: int = OPSET, in_channels: int = 3,
                 check: bool = True, check_shapes: Optional[Sequence[Tuple[int, int]]] = None,
                 rtol: float = RTOL, what: str = "the model",
-                progress: Optional[Callable[[str], None]] = None) -> ExportReport:
+                progress: Optional[Callable[[str], None]] = None,
+                inputs: Optional[Sequence[torch.Tensor]] = None, input_names: Optional[Sequence[str]] = None,
+                checker: Optional[Callable[[str], Tuple[List[str], List[Tuple[Tuple[int, int], List[float]]]]]] = None,
+                metadata: Optional[Dict[str, str]] = None) -> ExportReport:
     """Export ``model`` (eval mode, BN folded on a copy) to ``path`` for inputs ``(1, in_channels, H, W)``.
 
     ``dynamic``: batch, height and width are dynamic axes, and the check also runs at a second size
     (``check_shapes`` overrides the sizes checked). Raises :class:`ExportError` with the reason when the model
     cannot be exported or onnxruntime does not reproduce PyTorch; ``path`` is then left untouched.
+
+    Models with several inputs (e.g. a detector with its post-processing, fixed size only): ``inputs`` are example
+    inputs (the first one the image, ``(1, in_channels, H, W)``) named ``input_names``, and ``checker(path)``
+    replaces the output-by-output check: it returns ``(names, [((H, W), [error per name]), ...])`` or raises
+    :class:`ExportError`. ``metadata`` (str -> str) is written into the file's ``metadata_props``.
     """
     say = progress or (lambda s: None)
     model = model.eval()
     h, w = int(shape[0]), int(shape[1])
-    example = torch.randn(1, in_channels, h, w)
-    folded, n_folded = fold_batchnorm(model)
+    example = tuple(inputs) if inputs else (torch.randn(1, in_channels, h, w),)
+    in_names = list(input_names) if input_names else ["input"] + [f"input{i}" for i in range(1, len(example))]
+    if len(in_names) != len(example):
+        raise ValueError(f"{len(in_names)} input names for {len(example)} inputs")
+    if len(example) > 1 and check and checker is None:
+        raise ValueError("a model with several inputs needs a checker (the output-by-output check feeds one input)")
+    if dynamic and len(example) > 1:
+        raise ValueError("a model with several inputs is exported at a fixed size only (dynamic=False)")
+    folded, n_folded = fold_batchnorm(model, example if inputs else None)
     with torch.inference_mode():
-        n_out = len(_as_tuple(model(torch.randn(1, in_channels, FOLD_PROBE_SIZE, FOLD_PROBE_SIZE))))
+        probe = example if inputs else (torch.randn(1, in_channels, FOLD_PROBE_SIZE, FOLD_PROBE_SIZE),)
+        n_out = len(_as_tuple(model(*probe)))
     names = list(output_names) if output_names else (["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)])
     if len(names) != n_out:
         raise ValueError(f"{len(names)} output names for {n_out} outputs")
@@ -212,8 +251,8 @@ def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int], dynamic: bo
             f"{h}x{w})")
         try:
             with _quiet_export(), torch.no_grad(), graph_rewrites(fixed_size=not dynamic):
-                torch.onnx.export(folded, (example,), tmp, dynamo=False, opset_version=opset,
-                                  input_names=["input"], output_names=names, dynamic_axes=dynamic_axes,
+                torch.onnx.export(folded, example, tmp, dynamo=False, opset_version=opset,
+                                  input_names=in_names, output_names=names, dynamic_axes=dynamic_axes,
                                   do_constant_folding=True)
         except Exception as e:  # the exporter raises many types (UnsupportedOperatorError, SymbolicValueError, ...)
             raise ExportError(_explain_export_failure(e, what, opset)) from None
@@ -221,8 +260,14 @@ def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int], dynamic: bo
         if leftover:
             raise ExportError(f"{what}: {len(leftover)} BatchNormalization node(s) still follow a Conv after "
                               f"folding ({', '.join(leftover[:3])}); refusing to write an unfolded graph.")
+        if metadata:
+            write_metadata(tmp, metadata)
         checks: List[Tuple[Tuple[int, int], List[float]]] = []
-        if check:
+        check_names = None
+        if check and checker is not None:
+            say("checking with onnxruntime against the framework's own inference")
+            check_names, checks = checker(tmp)
+        elif check:
             shapes = list(check_shapes) if check_shapes else [(h, w)] + ([second_check_shape(h, w)] if dynamic else [])
             say("checking with onnxruntime at " + ", ".join(f"{a}x{b}" for a, b in shapes))
             try:
@@ -234,7 +279,7 @@ def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int], dynamic: bo
                         f"input size (traced control flow such as window partitioning, padding or attention-bias "
                         f"tables). Export it without --dynamic, at the size you will run.") from None
                 raise
-        report = ExportReport(path, opset, dynamic, n_folded, names, checks, graph_op_counts(tmp))
+        report = ExportReport(path, opset, dynamic, n_folded, names, checks, graph_op_counts(tmp), check_names)
         os.replace(tmp, path)
         return report
     finally:
