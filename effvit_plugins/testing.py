@@ -580,7 +580,8 @@ def check_grad_checkpointing(spec: FamilySpec, variant: str) -> None:
     if not accepts(spec, "with_cp"):
         raise AssertionError(
             f"{spec.title}: the backbone's constructor has no `with_cp` argument. Add `with_cp: bool = False` to "
-            f"{spec.backbone.__name__}.__init__ and pass it to init_contract(..., with_cp) (docs/CONTRIBUTING_MODELS.md).")
+            f"{spec.backbone.__name__}.__init__ and pass it to init_contract(..., with_cp) "
+            f"(docs/CONTRIBUTING_MODELS.md).")
     torch.manual_seed(0)
     plain = randomize_model(build_backbone(spec, variant, norm_eval=True), weights=False).train()
     cp = build_backbone(spec, variant, norm_eval=True, with_cp=True).train()
