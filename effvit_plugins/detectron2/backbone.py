@@ -3,9 +3,9 @@
 Every family's core backbone becomes a Detectron2 :class:`~detectron2.modeling.Backbone` by one mixin
 (:class:`D2BackboneMixin`), so the Detectron2 classes have the cores' parameter names (official checkpoints load
 through :mod:`effvit_plugins.convert`), their ``frozen_stages`` / ``norm_eval`` / ``with_cp`` /
-``drop_path_rate`` behaviour and their any-input-size forward. The class of each registered family (:mod:`effvit_plugins.models.spec`), built-in or
-registered later, is made here when the family is registered: ``D2<spec.name>`` (``D2EdgeViT``, ...), an attribute
-of this module (see :func:`backbone_class`). Feature maps are named by stride, Detectron2 style:
+``drop_path_rate`` behaviour and their any-input-size forward. The class of each registered family
+(:mod:`effvit_plugins.models.spec`), built-in or registered later, is made here when the family is registered:
+``D2<spec.name>`` (``D2EdgeViT``, ...), an attribute of this module (see :func:`backbone_class`). Feature maps are named by stride, Detectron2 style:
 ``res{log2(stride)}`` (stride 2 -> ``res1``, 4 -> ``res2`` ... 32 -> ``res5``, 64 -> ``res6``), the strides being
 those of the core's ``feature_info``.
 
