@@ -5,9 +5,9 @@ Every family's core backbone becomes a Detectron2 :class:`~detectron2.modeling.B
 through :mod:`effvit_plugins.convert`), their ``frozen_stages`` / ``norm_eval`` / ``with_cp`` /
 ``drop_path_rate`` behaviour and their any-input-size forward. The class of each registered family
 (:mod:`effvit_plugins.models.spec`), built-in or registered later, is made here when the family is registered:
-``D2<spec.name>`` (``D2EdgeViT``, ...), an attribute of this module (see :func:`backbone_class`). Feature maps are named by stride, Detectron2 style:
-``res{log2(stride)}`` (stride 2 -> ``res1``, 4 -> ``res2`` ... 32 -> ``res5``, 64 -> ``res6``), the strides being
-those of the core's ``feature_info``.
+``D2<spec.name>`` (``D2EdgeViT``, ...), an attribute of this module (see :func:`backbone_class`). Feature maps are
+named by stride, Detectron2 style: ``res{log2(stride)}`` (stride 2 -> ``res1``, 4 -> ``res2`` ... 32 -> ``res5``,
+64 -> ``res6``), the strides being those of the core's ``feature_info``.
 
 A family whose spec sets ``upsample_neck`` (EfficientViT-MSRA: maps at strides 16/32/64 only) gets the official
 upsampling FPN from the FPN builders (:class:`UpsampleFPNBackbone`, the framework-free
