@@ -32,7 +32,7 @@ import os
 import pickle
 import re
 import threading
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -559,34 +559,56 @@ def check_pickle_and_forward_intermediates(spec: FamilySpec, variant: str) -> No
     assert len(last) == 1 and last[0].shape == maps[-1].shape
 
 
+@contextlib.contextmanager
+def count_recomputation(m: nn.Module):
+    """Count the forward calls of the last checkpointing unit of backbone ``m`` (``feature_steps()[-1][-1]``) in
+    the block: yields a list that gets one entry per call -- one per forward, and one more in the backward pass
+    when the unit is checkpointed (pre-forward hooks: the recomputation may stop early, at the last saved tensor it
+    needs)."""
+    calls: List[int] = []
+    handle = m.feature_steps()[-1][-1].register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
 def check_grad_checkpointing(spec: FamilySpec, variant: str) -> None:
-    """Gradient checkpointing recomputes the blocks in the backward pass and changes neither outputs nor
-    gradients."""
+    """Gradient checkpointing -- switched on by the constructor's ``with_cp=True`` (OpenMMLab's name) and by
+    ``set_grad_checkpointing(True)`` (timm's), the same switch -- recomputes the blocks in the backward pass and
+    changes neither outputs nor gradients."""
+    if not accepts(spec, "with_cp"):
+        raise AssertionError(
+            f"{spec.title}: the backbone's constructor has no `with_cp` argument. Add `with_cp: bool = False` to "
+            f"{spec.backbone.__name__}.__init__ and pass it to init_contract(..., with_cp) "
+            f"(docs/CONTRIBUTING_MODELS.md).")
     torch.manual_seed(0)
-    m = randomize_model(build_backbone(spec, variant, norm_eval=True), weights=False).train()
+    plain = randomize_model(build_backbone(spec, variant, norm_eval=True), weights=False).train()
+    cp = build_backbone(spec, variant, norm_eval=True, with_cp=True).train()
+    cp.load_state_dict(plain.state_dict())
+    assert not plain.grad_checkpointing and not plain.with_cp
+    assert cp.grad_checkpointing and cp.with_cp, "with_cp=True must switch gradient checkpointing on"
     x = torch.randn(2, 3, 64, 64)
 
-    block = m.feature_steps()[-1][-1]
-    calls = []
-    block.register_forward_pre_hook(lambda *a: calls.append(1))  # (recomputation may stop early)
-
-    def run(enable):
+    def run(m):
         m.zero_grad()
-        calls.clear()
-        m.set_grad_checkpointing(enable)
-        outs = m(x)
-        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
-        return [o.detach() for o in outs], {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        with count_recomputation(m) as calls:
+            outs = m(x)
+            sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        return [o.detach() for o in outs], grads, len(calls)
 
-    (o1, g1) = run(False)
-    assert len(calls) == 1
-    (o2, g2) = run(True)
-    assert m.grad_checkpointing and len(calls) == 2  # recomputed in the backward pass
-    for a, b in zip(o1, o2):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    assert g1.keys() == g2.keys() and len(g1) > 10
-    for k in g1:
-        torch.testing.assert_close(g1[k], g2[k], rtol=1e-4, atol=1e-5, msg=k)
+    o1, g1, n1 = run(plain)
+    assert n1 == 1
+    plain.set_grad_checkpointing(True)  # timm's switch, on the same model
+    assert plain.with_cp
+    for o2, g2, n2 in (run(cp), run(plain)):
+        assert n2 == 2  # recomputed in the backward pass
+        for a, b in zip(o1, o2):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert g1.keys() == g2.keys() and len(g1) > 10
+        for k in g1:
+            torch.testing.assert_close(g1[k], g2[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 # the checks of one (family, variant) that need only the core (no OpenMMLab), cheapest first

@@ -32,7 +32,8 @@ class ToyNetBackbone(BackboneBase):
 
     FAMILY = "ToyNet"
 
-    def __init__(self, arch=None, in_channels=3, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False):
+    def __init__(self, arch=None, in_channels=3, out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False,
+                 with_cp=False):
         super().__init__()
         cfg = resolve_arch(arch, TOY_ARCH_SETTINGS, self.FAMILY)
         widths, depths = cfg["widths"], cfg["depths"]
@@ -44,7 +45,7 @@ class ToyNetBackbone(BackboneBase):
             self.stages.append(nn.Sequential(*blocks))
             prev = w
         self.init_contract(widths, [4, 8, 16, 32], [f"stages.{i}" for i in range(4)], in_channels, out_indices,
-                           frozen_stages, norm_eval)
+                           frozen_stages, norm_eval, with_cp)
 
     def stem_modules(self):
         return [self.stem]

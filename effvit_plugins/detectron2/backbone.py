@@ -2,12 +2,12 @@
 
 Every family's core backbone becomes a Detectron2 :class:`~detectron2.modeling.Backbone` by one mixin
 (:class:`D2BackboneMixin`), so the Detectron2 classes have the cores' parameter names (official checkpoints load
-through :mod:`effvit_plugins.convert`), their ``frozen_stages`` / ``norm_eval`` / ``drop_path_rate`` behaviour and
-their any-input-size forward. The class of each registered family (:mod:`effvit_plugins.models.spec`), built-in or
-registered later, is made here when the family is registered: ``D2<spec.name>`` (``D2EdgeViT``, ...), an attribute
-of this module (see :func:`backbone_class`). Feature maps are named by stride, Detectron2 style:
-``res{log2(stride)}`` (stride 2 -> ``res1``, 4 -> ``res2`` ... 32 -> ``res5``, 64 -> ``res6``), the strides being
-those of the core's ``feature_info``.
+through :mod:`effvit_plugins.convert`), their ``frozen_stages`` / ``norm_eval`` / ``with_cp`` /
+``drop_path_rate`` behaviour and their any-input-size forward. The class of each registered family
+(:mod:`effvit_plugins.models.spec`), built-in or registered later, is made here when the family is registered:
+``D2<spec.name>`` (``D2EdgeViT``, ...), an attribute of this module (see :func:`backbone_class`). Feature maps are
+named by stride, Detectron2 style: ``res{log2(stride)}`` (stride 2 -> ``res1``, 4 -> ``res2`` ... 32 -> ``res5``,
+64 -> ``res6``), the strides being those of the core's ``feature_info``.
 
 A family whose spec sets ``upsample_neck`` (EfficientViT-MSRA: maps at strides 16/32/64 only) gets the official
 upsampling FPN from the FPN builders (:class:`UpsampleFPNBackbone`, the framework-free
@@ -70,13 +70,14 @@ class D2BackboneMixin(_Padding):
             every map of stride >= 4. Returned in the order of increasing stride.
         size_divisibility (int, optional): padding multiple Detectron2 applies to the input batch; default the
             largest returned stride (what lateral connections need; the cores themselves run at any size).
-        **kwargs: the core's options (``frozen_stages``, ``norm_eval``, ``drop_path_rate``, ``in_channels``, ...).
+        **kwargs: the core's options (``frozen_stages``, ``norm_eval``, ``with_cp``, ``drop_path_rate``,
+            ``in_channels``, ...).
 
     ``forward(x)`` returns ``{name: NCHW tensor}``; ``output_shape()`` gives channels and stride per name.
     """
 
     __jit_unused_properties__ = ["family", "out_features", "stage_channels", "stage_strides", "out_channels",
-                                 "out_strides"]
+                                 "out_strides", "with_cp"]
 
     def __init__(self, arch=None, *, out_features: Optional[Sequence[str]] = None,
                  size_divisibility: Optional[int] = None, **kwargs):
@@ -247,7 +248,8 @@ def backbone_kwargs(cfg, family: str) -> dict:
     if not c.ARCH:
         raise ValueError(f"MODEL.EFFVIT.ARCH is not set; the {spec.title} variants are: "
                          f"{', '.join(spec.arch_settings)}.")
-    kwargs = dict(out_features=list(c.OUT_FEATURES), frozen_stages=c.FROZEN_STAGES, norm_eval=c.NORM_EVAL)
+    kwargs = dict(out_features=list(c.OUT_FEATURES), frozen_stages=c.FROZEN_STAGES, norm_eval=c.NORM_EVAL,
+                  with_cp=bool(c.WITH_CP))
     optional = dict(drop_path_rate=(c.DROP_PATH_RATE, 0.0, "DROP_PATH_RATE"),
                     seg_resolution=(c.SEG_RESOLUTION or None, None, "SEG_RESOLUTION"),
                     layer_scale_init_value=(c.LAYER_SCALE_INIT_VALUE or None, None, "LAYER_SCALE_INIT_VALUE"))

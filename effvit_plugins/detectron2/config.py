@@ -32,6 +32,9 @@ def add_effvit_config(cfg: CN) -> CN:
       Detectron2's ``MODEL.BACKBONE.FREEZE_AT`` is not used by these backbones).
     * ``NORM_EVAL``: keep every BatchNorm in eval mode while training (statistics fixed).
     * ``DROP_PATH_RATE``: stochastic depth (not for EfficientViT-MIT, which has none).
+    * ``WITH_CP``: gradient checkpointing (the backbone's ``with_cp``, OpenMMLab's name; timm's
+      ``set_grad_checkpointing``): each block is recomputed in the backward pass instead of keeping its activations,
+      for large inputs (e.g. 1024x2048) at about one more forward of compute.
     * ``SEG_RESOLUTION``: EfficientFormer only: build the official dense-prediction attention-bias tables for this
       resolution (V1: side of the stride-32 token grid, official 25 for detection / 16 for segmentation; V2:
       image side in pixels, official 800 / 512); 0 keeps the ImageNet tables.
@@ -54,6 +57,7 @@ def add_effvit_config(cfg: CN) -> CN:
     cfg.MODEL.EFFVIT.FROZEN_STAGES = -1
     cfg.MODEL.EFFVIT.NORM_EVAL = False
     cfg.MODEL.EFFVIT.DROP_PATH_RATE = 0.0
+    cfg.MODEL.EFFVIT.WITH_CP = False
     cfg.MODEL.EFFVIT.SEG_RESOLUTION = 0
     cfg.MODEL.EFFVIT.LAYER_SCALE_INIT_VALUE = 0.0
 

@@ -8,6 +8,8 @@ expect, so that a family only describes its layers:
   ``k`` stages (eval mode and ``requires_grad=False``, re-applied by every ``train()``);
 * ``norm_eval`` -- every BatchNorm stays in eval mode while training;
 * ``feature_info`` -- timm-style description of every feature map (``num_chs``, ``reduction``, ``module``);
+* ``with_cp`` -- gradient checkpointing (the OpenMMLab name): the same switch as timm's
+  ``set_grad_checkpointing`` (``with_cp=True`` at construction == ``set_grad_checkpointing(True)`` afterwards);
 * ``forward_intermediates`` and ``set_grad_checkpointing`` (timm's API);
 * an empty batch (N = 0, which mmdet can produce) returns empty maps of the right shape.
 
@@ -104,7 +106,7 @@ class BackboneBase(nn.Module):
     grad_checkpointing = False
     channels_last = False  # Optional[bool]; None: channels-last for CPU inference (see layers.use_channels_last)
     # properties TorchScript must not compile (descriptions of the model, not used by forward)
-    __jit_unused_properties__ = ["stage_channels", "stage_strides", "out_channels", "out_strides"]
+    __jit_unused_properties__ = ["stage_channels", "stage_strides", "out_channels", "out_strides", "with_cp"]
 
     # ------------------------------------------------------------------------------------------------------
     # to be provided by each family
@@ -137,9 +139,11 @@ class BackboneBase(nn.Module):
     # set-up, called by the family's __init__ once its layers exist
     # ------------------------------------------------------------------------------------------------------
     def init_contract(self, channels: Sequence[int], strides: Sequence[int], modules: Sequence[str],
-                      in_channels: int, out_indices, frozen_stages: int, norm_eval: bool) -> None:
+                      in_channels: int, out_indices, frozen_stages: int, norm_eval: bool,
+                      with_cp: bool = False) -> None:
         """Validate the common options and build ``feature_info`` (``modules`` names the module producing each
-        feature map, for documentation and timm-style feature extraction)."""
+        feature map, for documentation and timm-style feature extraction). ``with_cp`` (the family's constructor
+        argument, default False) switches gradient checkpointing on (:meth:`set_grad_checkpointing`)."""
         self.in_channels = int(in_channels)
         self.feature_info = [dict(num_chs=int(c), reduction=int(s), module=m, index=i)
                              for i, (c, s, m) in enumerate(zip(channels, strides, modules))]
@@ -152,6 +156,7 @@ class BackboneBase(nn.Module):
                 f"stem and the first k stages), got {frozen_stages!r}.")
         self.frozen_stages = frozen_stages
         self.norm_eval = bool(norm_eval)
+        self.set_grad_checkpointing(with_cp)
         self._freeze_stages()
 
     @property
@@ -199,8 +204,18 @@ class BackboneBase(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them (timm's API): much
         less memory for large inputs (e.g. 1024x2048), about one extra forward of compute. Only active while
-        training with autograd."""
+        training with autograd. The constructor's ``with_cp=True`` (OpenMMLab's name) sets the same switch."""
         self.grad_checkpointing = bool(enable)
+
+    @property
+    def with_cp(self) -> bool:
+        """Whether gradient checkpointing is on (OpenMMLab's name for :attr:`grad_checkpointing`; assigning it is
+        :meth:`set_grad_checkpointing`)."""
+        return self.grad_checkpointing
+
+    @with_cp.setter
+    def with_cp(self, enable: bool) -> None:
+        self.set_grad_checkpointing(enable)
 
     def _run(self, fn: Callable, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():

@@ -225,6 +225,10 @@ class EdgeViTBackbone(BackboneBase):
         norm_eval: keep every BatchNorm (LocalAgg norms) in eval mode during training.
         drop_path_rate: stochastic depth, increasing linearly over all blocks (official rule).
         qkv_bias: bias of the attention ``qkv`` projection (True in all official variants).
+        with_cp: gradient checkpointing (OpenMMLab's name; the same switch as ``set_grad_checkpointing``): every
+            block (and stem / downsampling layer) is recomputed in the backward pass instead of keeping its
+            activations -- much less activation memory at large inputs, about one more forward of compute.
+            Active only while training with autograd. Default False.
 
     Any input size works; stage ``i`` has ``ceil(H / s_i) x ceil(W / s_i)`` cells for strides ``s = 4, 8, 16, 32``
     (see the module docstring for the padding/sub-sampling rules; identical to the official model for multiples of 32).
@@ -234,7 +238,7 @@ class EdgeViTBackbone(BackboneBase):
 
     def __init__(self, arch=None, in_channels: int = 3, out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1, norm_eval: bool = False, drop_path_rate: float = 0.0,
-                 qkv_bias: bool = True):
+                 qkv_bias: bool = True, with_cp: bool = False):
         super().__init__()
         cfg = resolve_arch(arch, ARCH_SETTINGS, FAMILY)
         self.arch = arch if isinstance(arch, str) else "custom"
@@ -261,7 +265,7 @@ class EdgeViTBackbone(BackboneBase):
             prev = dims[i]
         self.apply(_init_weights)
         self.init_contract(dims, strides, [f"blocks{i + 1}" for i in range(n)], in_channels, out_indices,
-                           frozen_stages, norm_eval)
+                           frozen_stages, norm_eval, with_cp)
 
     def _stage(self, i: int):
         return getattr(self, f"patch_embed{i + 1}"), getattr(self, f"blocks{i + 1}")

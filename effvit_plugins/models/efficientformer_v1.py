@@ -216,6 +216,10 @@ class EfficientFormerV1Backbone(BackboneBase):
             grid at stride 32 (official: 25 for detection, 16 for segmentation); ``None`` keeps the ImageNet tables.
         channels_last: run channels-last (outputs are returned contiguous NCHW); ``None`` = for CPU inference,
             where it is faster (e.g. L1 at 512x512: 217 -> 159 ms on 2 cores).
+        with_cp: gradient checkpointing (OpenMMLab's name; the same switch as ``set_grad_checkpointing``): every
+            block (and stem / downsampling layer) is recomputed in the backward pass instead of keeping its
+            activations -- much less activation memory at large inputs, about one more forward of compute.
+            Active only while training with autograd. Default False.
     """
 
     FAMILY = FAMILY
@@ -223,7 +227,7 @@ class EfficientFormerV1Backbone(BackboneBase):
     def __init__(self, arch=None, in_channels: int = 3, out_indices=(0, 1, 2, 3), frozen_stages: int = -1,
                  norm_eval: bool = False, drop_path_rate: float = 0.0, layer_scale_init_value: float = 1e-5,
                  out_norm: bool = True, img_size: int = 224, seg_resolution: Optional[int] = None,
-                 channels_last: Optional[bool] = None):
+                 channels_last: Optional[bool] = None, with_cp: bool = False):
         super().__init__()
         cfg = resolve_arch(arch, ARCH_SETTINGS, FAMILY)
         self.arch = arch if isinstance(arch, str) else "custom"
@@ -253,7 +257,7 @@ class EfficientFormerV1Backbone(BackboneBase):
         self._init_linear()
         self._register_load_state_dict_pre_hook(resize_bias_tables_on_load(FAMILY), with_module=True)
         self.init_contract(embed_dims, [2 ** (i + 2) for i in range(n)], [f"network.{2 * i}" for i in range(n)],
-                           in_channels, out_indices, frozen_stages, norm_eval)
+                           in_channels, out_indices, frozen_stages, norm_eval, with_cp)
         if self.out_norm:
             for i in self.out_indices:
                 self.add_module(f"norm{2 * i}", GroupNorm(1, embed_dims[i]))

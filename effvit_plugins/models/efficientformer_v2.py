@@ -289,6 +289,10 @@ class EfficientFormerV2Backbone(BackboneBase):
         seg_resolution: build the official dense-prediction tables (``attention_biases_seg``) for an R x R pixel
             input (official: 800 for detection, 512 for segmentation); ``None`` keeps the ImageNet tables.
         channels_last: run channels-last (outputs are returned contiguous NCHW); ``None`` = for CPU inference.
+        with_cp: gradient checkpointing (OpenMMLab's name; the same switch as ``set_grad_checkpointing``): every
+            block (and stem / downsampling layer) is recomputed in the backward pass instead of keeping its
+            activations -- much less activation memory at large inputs, about one more forward of compute.
+            Active only while training with autograd. Default False.
 
     The official dense-prediction V2 backbones add no output norms.
     """
@@ -297,7 +301,8 @@ class EfficientFormerV2Backbone(BackboneBase):
 
     def __init__(self, arch=None, in_channels: int = 3, out_indices=(0, 1, 2, 3), frozen_stages: int = -1,
                  norm_eval: bool = False, drop_path_rate: float = 0.0, layer_scale_init_value: float = 1e-5,
-                 img_size: int = 224, seg_resolution: Optional[int] = None, channels_last: Optional[bool] = None):
+                 img_size: int = 224, seg_resolution: Optional[int] = None, channels_last: Optional[bool] = None,
+                 with_cp: bool = False):
         super().__init__()
         cfg = resolve_arch(arch, ARCH_SETTINGS, FAMILY)
         self.arch = arch if isinstance(arch, str) else "custom"
@@ -333,7 +338,7 @@ class EfficientFormerV2Backbone(BackboneBase):
                     nn.init.zeros_(m.bias)
         self._register_load_state_dict_pre_hook(resize_bias_tables_on_load(FAMILY), with_module=True)
         self.init_contract(embed_dims, [4, 8, 16, 32], [f"network.{2 * i}" for i in range(4)], in_channels,
-                           out_indices, frozen_stages, norm_eval)
+                           out_indices, frozen_stages, norm_eval, with_cp)
 
     def stem_modules(self) -> List[nn.Module]:
         return [self.patch_embed]

@@ -337,6 +337,10 @@ class EfficientViTMITBackbone(BackboneBase):
         attn_eps (float): epsilon of the linear-attention normaliser (official 1e-15).
         channels_last (bool, optional): run the convolutions in channels-last layout (outputs are returned in
             the usual contiguous NCHW layout). ``None`` = for CPU inference, where it is about 1.6x faster.
+        with_cp (bool): gradient checkpointing (OpenMMLab's name; the same switch as ``set_grad_checkpointing``): every
+            block (and stem / downsampling layer) is recomputed in the backward pass instead of keeping its
+            activations -- much less activation memory at large inputs, about one more forward of compute.
+            Active only while training with autograd. Default False.
 
     At inference (eval mode, no autograd) BatchNorm is folded into the preceding convolution and activations run
     in place; results equal the training-graph computation up to float rounding.
@@ -346,7 +350,7 @@ class EfficientViTMITBackbone(BackboneBase):
 
     def __init__(self, arch=None, in_channels: int = 3, out_indices=(1, 2, 3, 4), frozen_stages: int = -1,
                  norm_eval: bool = False, norm_eps: Optional[float] = None, attn_eps: float = 1.0e-15,
-                 channels_last: Optional[bool] = None):
+                 channels_last: Optional[bool] = None, with_cp: bool = False):
         super().__init__()
         cfg = resolve_arch(arch, ARCH_SETTINGS, FAMILY, optional=("head_widths", "act"))
         if cfg["series"] not in SERIES_DEFAULTS:
@@ -400,7 +404,7 @@ class EfficientViTMITBackbone(BackboneBase):
                 m.eps = attn_eps
         set_norm_eps(self, norm_eps if norm_eps is not None else SERIES_DEFAULTS[self.series]["eps"])
         self.init_contract(list(widths), [2, 4, 8, 16, 32], names, in_channels, out_indices, frozen_stages,
-                           norm_eval)
+                           norm_eval, with_cp)
 
     def _sequences(self) -> List[OpSequential]:
         """The five op sequences producing maps 0..4 (the stem first)."""

@@ -403,13 +403,18 @@ class EfficientViTMSRABackbone(BackboneBase):
             works; checkpoints of the other kind load with the bias tables resized (one log line says which).
         channels_last: run channels-last (outputs are returned contiguous NCHW); ``None`` = for CPU inference,
             where it is faster (M4 on 2 threads: 1.11x / 1.16x timm's speed at 224 / 512, NCHW 1.06x / 1.05x).
+        with_cp: gradient checkpointing (OpenMMLab's name; the same switch as ``set_grad_checkpointing``): every
+            block (and stem / downsampling layer) is recomputed in the backward pass instead of keeping its
+            activations -- much less activation memory at large inputs, about one more forward of compute.
+            Active only while training with autograd. Default False.
     """
 
     FAMILY = FAMILY
 
     def __init__(self, arch: Union[str, dict, None] = None, in_channels: int = 3, out_indices=(0, 1, 2),
                  frozen_stages: int = -1, norm_eval: bool = False, drop_path_rate: float = 0.0,
-                 img_size: Optional[Union[int, Tuple[int, int]]] = None, channels_last: Optional[bool] = None):
+                 img_size: Optional[Union[int, Tuple[int, int]]] = None, channels_last: Optional[bool] = None,
+                 with_cp: bool = False):
         super().__init__()
         self.channels_last = channels_last
         cfg = resolve_arch(arch, ARCH_SETTINGS, FAMILY)
@@ -449,7 +454,7 @@ class EfficientViTMSRABackbone(BackboneBase):
             self.add_module(f"blocks{i + 1}", nn.Sequential(*layers))
         self._register_load_state_dict_pre_hook(resize_bias_tables_on_load(FAMILY), with_module=True)
         self.init_contract(embed_dims, [16, 32, 64], ["blocks1", "blocks2", "blocks3"], in_channels, out_indices,
-                           frozen_stages, norm_eval)
+                           frozen_stages, norm_eval, with_cp)
 
     def stem_modules(self) -> List[nn.Module]:
         return [self.patch_embed]

@@ -75,6 +75,11 @@ def folder_readme(folder: str, entries: Sequence[Generated], complexity: Optiona
         lines.append(f"{s.title} (`type='{s.name}'`, variants {', '.join(s.variants)}): the framework-free core is "
                      f"[`{module}`](../../{module}); {weights}.")
         lines.append("")
+    lines.append("Gradient checkpointing (each block recomputed in the backward pass instead of keeping its "
+                 "activations: much less memory for large inputs such as 1024x2048, about one more forward of "
+                 "compute): `with_cp=True` in the backbone dict (mmdet / mmseg / mmpretrain), `MODEL.EFFVIT.WITH_CP "
+                 "True` (Detectron2; in a LazyConfig `model.backbone.bottom_up.with_cp = True`).")
+    lines.append("")
     lines.append("Published figures are those of `effvit_plugins/data/published_results.json` (sources below); "
                  "\"ours\" are counted on this project's models (params in M / MACs in G).")
     lines.append("")

@@ -1,6 +1,6 @@
 """Detectron2 backbones of every family and variant: named maps, shapes, strides, padding, frozen stages, norm_eval,
-the registered builders, the config keys, the optimiser groups, equality with the mmdet backbones, an import
-without OpenMMLab, and a family registered at run time."""
+with_cp, the registered builders, the config keys, the optimiser groups, equality with the mmdet backbones, an
+import without OpenMMLab, and a family registered at run time."""
 import os
 import pickle
 import subprocess
@@ -136,6 +136,22 @@ def test_frozen_stages_and_norm_eval(family):
     assert all(m.training for m in bb2.modules())
 
 
+@pytest.mark.parametrize("family", KEYS)
+def test_with_cp_key_turns_on_gradient_checkpointing(family):
+    """MODEL.EFFVIT.WITH_CP True reaches the backbone's with_cp (default False; the FPN builders build the backbone
+    the same way): the last block runs again in the backward pass of a training step."""
+    from effvit_plugins.testing import count_recomputation
+
+    assert add_effvit_config(get_cfg()).MODEL.EFFVIT.WITH_CP is False
+    x = torch.randn(1, 3, 64, 64)
+    for with_cp, expected in ((True, 2), (False, 1)):
+        bb = build("", effvit_cfg(family, smallest(family), WITH_CP=with_cp, NORM_EVAL=True), family).train()
+        assert bb.with_cp == bb.grad_checkpointing == with_cp
+        with count_recomputation(bb) as calls:
+            sum(o.sum() for o in bb(x).values()).backward()
+        assert len(calls) == expected
+
+
 def test_config_errors_are_clear():
     cfg = effvit_cfg("efficientvit_mit", "b0", OUT_FEATURES=["res2", "res7"])
     with pytest.raises(ValueError, match=r"res7.*Valid names: res1 \(stride 2\)"):
@@ -155,7 +171,7 @@ def test_config_errors_are_clear():
 def test_add_effvit_config_keys_and_drop_path():
     cfg = add_effvit_config(get_cfg())
     assert set(cfg.MODEL.EFFVIT) >= {"FAMILY", "ARCH", "OUT_FEATURES", "FROZEN_STAGES", "NORM_EVAL",
-                                     "DROP_PATH_RATE"}
+                                     "DROP_PATH_RATE", "WITH_CP"}
     assert cfg.SOLVER.OPTIMIZER == "SGD" and {"BETAS", "WEIGHT_DECAY_ATTN_BIAS"} <= set(cfg.SOLVER)
     bb = build("", effvit_cfg("efficientformer_v2", "s0", DROP_PATH_RATE=0.2), "efficientformer_v2")
     rates = [m.drop_prob for m in bb.modules() if type(m).__name__ == "DropPath"]

@@ -1,5 +1,5 @@
 """OpenMMLab backbone adapters: strict pretrained loading, the one-line report of resized bias tables, the official
-dense-prediction bias tables of EfficientFormer, and explicit (importable) classes."""
+dense-prediction bias tables of EfficientFormer, explicit (importable) classes and ``with_cp``."""
 import logging
 
 import pytest
@@ -8,6 +8,7 @@ import torch
 from mmengine.model import BaseModule
 
 import effvit_plugins  # noqa: F401  (registers)
+from effvit_plugins import testing
 from effvit_plugins.checkpoint import CheckpointError
 from effvit_plugins.mm import backbones
 from effvit_plugins.models import efficientformer_v1, efficientformer_v2, efficientvit_msra
@@ -55,6 +56,28 @@ def test_adapters_are_importable_classes(spec):
     assert cls.__doc__.startswith(spec.backbone.__doc__) and "init_cfg" in cls.__doc__
     clone = pickle.loads(pickle.dumps(build(spec.name, arch=spec.variants[0])))
     assert type(clone) is cls and family_of(clone) is spec
+
+
+@pytest.mark.parametrize("spec", families(), ids=lambda s: s.key)
+def test_with_cp_in_the_backbone_dict(spec):
+    """``with_cp=True`` in a config's backbone dict (our scope's name, from mmdet / mmseg / mmpretrain) switches
+    gradient checkpointing on: the last block runs again in the backward pass; default off."""
+    import importlib
+
+    from mmengine.registry import DefaultScope
+
+    x = torch.randn(1, 3, 64, 64)
+    for lib in ("mmdet", "mmseg", "mmpretrain"):
+        with DefaultScope.overwrite_default_scope(lib):
+            m = importlib.import_module(f"{lib}.registry").MODELS.build(
+                dict(type=f"effvit_plugins.{spec.name}", arch=spec.variants[0], with_cp=True))
+        assert type(m) is getattr(backbones, spec.name) and m.with_cp and m.grad_checkpointing, lib
+    for with_cp, expected in ((True, 2), (False, 1)):
+        m = build(spec.name, arch=spec.variants[0], with_cp=with_cp, norm_eval=True).train()
+        with testing.count_recomputation(m) as calls:
+            sum(o.sum() for o in m(x)).backward()
+        assert len(calls) == expected and m.with_cp == with_cp
+    assert not build(spec.name, arch=spec.variants[0]).with_cp
 
 
 def _save(sd, path):

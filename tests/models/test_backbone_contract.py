@@ -1,7 +1,8 @@
 """The backbone contract, checked the same way for every registered family and every variant (modelled on timm's
 tests/test_models.py): feature maps and their metadata, out_indices, frozen_stages (mmdet meaning, through the
 OpenMMLab adapter after init_weights), norm_eval, drop_path, empty batches, odd sizes with real arithmetic,
-input-channel and arch errors, pickling, forward_intermediates and gradient checkpointing.
+input-channel and arch errors, pickling, forward_intermediates and gradient checkpointing (the constructor's
+``with_cp=True`` and ``set_grad_checkpointing``).
 
 The checks themselves are :mod:`effvit_plugins.testing` (``check_*``; :func:`~effvit_plugins.testing.
 check_backbone_contract` runs them all for one family, e.g. one defined in a test). This file parametrises them over
@@ -94,6 +95,8 @@ def test_pickle_and_forward_intermediates(spec, variant):
 
 @pytest.mark.parametrize("spec,variant", SMALL, ids=SMALL_IDS)
 def test_grad_checkpointing_same_result(spec, variant):
+    """``with_cp=True`` / ``set_grad_checkpointing(True)``: blocks recomputed in backward, same outputs and
+    gradients."""
     testing.check_grad_checkpointing(spec, variant)
 
 
