@@ -25,6 +25,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -32,7 +33,8 @@ from effvit_plugins.datasets import generate_cityscapes_demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONFIG = os.path.join(ROOT, "configs", "detectron2", "demo", "semantic_efficientvit_mit_b1_fpn_40k_cityscapes_demo_sem_seg.yaml")
+CONFIG = os.path.join(ROOT, "configs", "detectron2", "demo",
+                      "semantic_efficientvit_mit_b1_fpn_40k_cityscapes_demo_sem_seg.yaml")
 OPTS = ["MODEL.DEVICE", "cpu", "MODEL.EFFVIT.ARCH", "b0", "MODEL.EFFVIT.NORM_EVAL", "True",
         "MODEL.EFFVIT.DROP_PATH_RATE", "0.0", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128",
         "INPUT.RANDOM_FLIP", "none", "INPUT.CROP.ENABLED", "False", "DATALOADER.ASPECT_RATIO_GROUPING", "False",
@@ -82,3 +84,21 @@ def test_two_processes_equal_one_process_with_the_same_total_batch(tmp_path):
     # frozen BatchNorm: running statistics untouched in both set-ups
     stats = [k for k in single if "running_" in k]
     assert stats and all(torch.equal(rank0[k], start[k]) and torch.equal(single[k], start[k]) for k in stats)
+
+
+def test_gpu_count_and_cpu_processes_on_a_gpu_machine(load_tool, monkeypatch, capsys):
+    """What train_net.py decides before launching, on a (pretended) machine with 1 GPU: --num-gpus 2 for a CUDA model
+    stops with the fix; --num-gpus 2 with MODEL.DEVICE cpu hides the GPUs from the processes it spawns (Detectron2's
+    launch would give them NCCL, which cannot reduce CPU tensors)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    train_net = load_tool("train_net")
+    argv = ["--config-file", CONFIG, "--num-gpus", "2", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
+    with pytest.raises(SystemExit) as e:
+        train_net.check_before_launch(train_net.default_argument_parser().parse_args(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--num-gpus 2 but this machine has 1 GPU(s)" in err and "MODEL.DEVICE cpu" in err
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    train_net.check_before_launch(train_net.default_argument_parser().parse_args(argv + ["MODEL.DEVICE", "cpu"]))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
