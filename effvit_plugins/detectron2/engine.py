@@ -21,9 +21,9 @@ import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model as d2_create_ddp_model
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, LVISEvaluator, SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, LVISEvaluator, SemSegEvaluator
 
 from .checkpoint import EffViTCheckpointer
 from .solver import build_lr_scheduler, build_optimizer
