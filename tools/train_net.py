@@ -8,8 +8,15 @@
 ``MODEL.WEIGHTS`` may be an official weight file of any of our families (converted on load), a file written by
 ``tools/convert_checkpoint.py --to detectron2``, or a Detectron2 checkpoint. ``--resume`` continues from the last
 checkpoint in ``OUTPUT_DIR``; ``--eval-only`` evaluates ``MODEL.WEIGHTS`` (or, with ``--resume``, the last
-checkpoint). Without a GPU the model runs on the CPU (``MODEL.DEVICE cpu``; ``--num-gpus N`` then starts N CPU
-processes). Datasets are read from ``$DETECTRON2_DATASETS`` (default ``./datasets``) in Detectron2's layout; the
+checkpoint). Without a GPU the model runs on the CPU (``MODEL.DEVICE cpu``).
+
+Several processes: ``--num-gpus N`` starts N processes on this machine (``--num-machines M --machine-rank R
+--dist-url tcp://HOST:PORT`` on each of M machines), one per GPU with NCCL, or, without a GPU or with ``MODEL.DEVICE
+cpu``, N CPU processes with gloo (GPUs are then hidden from them). ``SOLVER.IMS_PER_BATCH`` is the total batch of
+all processes (N x M processes read IMS_PER_BATCH / (N x M) images each): the same config trains the same model
+on 1 or N processes.
+
+Datasets are read from ``$DETECTRON2_DATASETS`` (default ``./datasets``) in Detectron2's layout; the
 generated demo sets (``tools/generate_demo_data.py``) are registered as ``coco_demo_*``, ``lvis_v1_demo_*`` and
 ``cityscapes_demo_sem_seg_*``. A missing dataset stops the run at once (exit status 2) with where we looked and how
 to get or generate it.
@@ -69,8 +76,17 @@ def main(args):
 
 
 def check_before_launch(args) -> None:
-    """Stop before any worker starts when the config's datasets are missing (exit 2, no traceback)."""
+    """Stop before any worker starts when the config's datasets are missing or there are fewer GPUs than
+    ``--num-gpus`` (exit 2, no traceback); hide the GPUs from CPU processes (``MODEL.DEVICE cpu``), which
+    Detectron2's ``launch`` would otherwise give NCCL and a GPU each."""
     cfg = load_cfg(args)
+    if cfg.MODEL.DEVICE.startswith("cuda") and args.num_gpus > torch.cuda.device_count():
+        print(f"error: --num-gpus {args.num_gpus} but this machine has {torch.cuda.device_count()} GPU(s); start at "
+              "most that many processes, or add `MODEL.DEVICE cpu` to run CPU processes", file=sys.stderr)
+        sys.exit(2)
+    if args.num_gpus * args.num_machines > 1 and not cfg.MODEL.DEVICE.startswith("cuda") and \
+            torch.cuda.is_available():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the spawned processes then use gloo and stay off the GPUs
     names = tuple(cfg.DATASETS.TEST) if args.eval_only else tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST)
     try:
         check_datasets(names)

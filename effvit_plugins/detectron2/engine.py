@@ -4,6 +4,8 @@
   decay on norms and attention biases, ``WarmupPolyLR``).
 * checkpoints: :class:`~effvit_plugins.detectron2.checkpoint.EffViTCheckpointer` (official weight files through
   ``MODEL.WEIGHTS``; ``weights_only=True`` loading of its own checkpoints for ``--resume``).
+* several processes (``tools/train_net.py --num-gpus N``): :func:`create_ddp_model` wraps a CPU model in
+  ``DistributedDataParallel`` without ``device_ids`` (gloo processes), a CUDA model on the process's GPU.
 * evaluators by the dataset's ``evaluator_type``: ``coco`` -> ``COCOEvaluator``, ``lvis`` -> ``LVISEvaluator``
   (with ``TEST.DETECTIONS_PER_IMAGE`` detections per image, and the ``np.float`` fix of the ``lvis`` package),
   ``sem_seg`` and ``cityscapes_sem_seg`` -> ``SemSegEvaluator`` (Detectron2's Cityscapes evaluators import an
@@ -17,13 +19,16 @@ import weakref
 
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine.defaults import create_ddp_model as d2_create_ddp_model
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, LVISEvaluator, SemSegEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from .checkpoint import EffViTCheckpointer
 from .solver import build_lr_scheduler, build_optimizer
 
-__all__ = ["Trainer", "install_lvis_compat"]
+__all__ = ["Trainer", "create_ddp_model", "install_lvis_compat"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +40,39 @@ def install_lvis_compat() -> None:
     install()
 
 
+def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """Detectron2's ``create_ddp_model`` (the model itself in a single process, else ``DistributedDataParallel``)
+    that also works for a model on the CPU: Detectron2 always passes ``device_ids=[local rank]``, which DDP refuses
+    for CPU parameters; here ``device_ids`` is left out unless the parameters are on a CUDA device."""
+    if comm.get_world_size() > 1 and "device_ids" not in kwargs:
+        devices = {p.device.type for p in model.parameters()}
+        if devices != {"cuda"}:
+            kwargs["device_ids"] = None
+    return d2_create_ddp_model(model, **kwargs)
+
+
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` with the effvit_plugins optimiser, schedules, checkpointer and evaluators."""
+    """``DefaultTrainer`` with the effvit_plugins optimiser, schedules, checkpointer and evaluators, and
+    ``DistributedDataParallel`` for CPU processes too (:func:`create_ddp_model`)."""
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        self.checkpointer = EffViTCheckpointer(self._trainer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        for h in self._hooks:
-            if isinstance(h, hooks.PeriodicCheckpointer):
-                h.checkpointer = self.checkpointer
+        # DefaultTrainer.__init__'s steps, in its order, with our DDP wrapper and checkpointer
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        loop = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = loop(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = EffViTCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_optimizer(cls, cfg, model):

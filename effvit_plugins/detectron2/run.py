@@ -14,6 +14,10 @@ script runs, :func:`install` patches Detectron2 in this process (and in every pr
   ``SOLVER.WEIGHT_DECAY_ATTN_BIAS`` and the ``WarmupPolyLR`` schedule take effect.
 * ``DetectionCheckpointer`` is :class:`~effvit_plugins.detectron2.checkpoint.EffViTCheckpointer`: ``MODEL.WEIGHTS``
   may be an official weight file / URL of our families, and checkpoints load with ``weights_only=True``.
+* ``create_ddp_model`` (what ``DefaultTrainer`` and ``lazyconfig_train_net.py`` wrap the model with) leaves
+  ``device_ids`` out for a model on the CPU (:func:`effvit_plugins.detectron2.engine.create_ddp_model`), so that
+  ``--num-gpus N`` with ``MODEL.DEVICE cpu`` trains N gloo processes (``plain_train_net.py`` builds
+  ``DistributedDataParallel`` itself, with ``device_ids``: it needs GPUs for that).
 * Export (``tools/deploy/export_model.py``, :func:`effvit_plugins.detectron2.export.patch_export`):
   ``torch.onnx.export`` uses the TorchScript exporter at Detectron2's opset (11) unless told otherwise (torch's
   default, the dynamo exporter, needs ``onnxscript``); ``RoIAlign(aligned=True)`` exports correctly at opsets 11-15;
@@ -143,6 +147,18 @@ def _patch_build_model() -> None:
     replace(original, build_model)
 
 
+def _patch_ddp() -> None:
+    """``create_ddp_model`` (``DefaultTrainer``, ``lazyconfig_train_net.py``) -> ours, which leaves ``device_ids``
+    out for a model on the CPU: ``--num-gpus N`` then trains N CPU (gloo) processes."""
+    import detectron2.engine.defaults as d2_defaults
+
+    from .engine import create_ddp_model
+
+    original = d2_defaults.create_ddp_model
+    replace(original, create_ddp_model)
+    d2_defaults.create_ddp_model = create_ddp_model  # (where DefaultTrainer.__init__ looks it up)
+
+
 def _in_launched_process(main_func: Callable, *args):
     """What ``launch()`` runs: the patches in this process too (a process it spawned for ``--num-gpus N`` is a new
     interpreter that imported the tool script, as ``__main__``, before anything was patched), then the tool's
@@ -168,7 +184,7 @@ def _patch_launch() -> None:
 
 # What install() applies, in order. A patch is a function of no arguments; add one by appending it here.
 PATCHES: List[Callable[[], None]] = [_patch_config, _patch_solver, _patch_checkpointer, _patch_trainer,
-                                     _patch_build_model, _patch_launch, patch_export]
+                                     _patch_build_model, _patch_ddp, _patch_launch, patch_export]
 
 
 def install() -> None:

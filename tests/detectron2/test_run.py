@@ -7,7 +7,8 @@ effvit_plugins.testing.detectron2_tools_dir()), UNMODIFIED, on our yaml configs 
 * train_net.py (Detectron2's DefaultTrainer) trains with AdamW, SOLVER.WEIGHT_DECAY_ATTN_BIAS and WarmupPolyLR, and
   evaluates; analyze_model.py prints the parameter and flop tables;
 * what cannot be honoured stops with a message: a DefaultTrainer subclass building SGD while SOLVER.OPTIMIZER is
-  ADAMW, MODEL.DEVICE cuda without CUDA; --num-gpus 2 processes (CPU, gloo) carry the patches.
+  ADAMW, MODEL.DEVICE cuda without CUDA; --num-gpus 2 processes (CPU, gloo) carry the patches and wrap a CPU model
+  in DDP.
 
 Each tool gets the smallest variant of another family (families() in turn), images of 64 pixels and the generated
 COCO demo set."""
@@ -187,7 +188,7 @@ def test_cuda_device_without_cuda_stops(datasets, tmp_path):
 WORKERS = '''
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import create_ddp_model, default_argument_parser, launch
 from detectron2.solver import build_lr_scheduler, build_optimizer
 from detectron2.utils import comm
 
@@ -197,6 +198,12 @@ def main(args):
     print(f"rank {comm.get_rank()} of {comm.get_world_size()}: OPTIMIZER {cfg.SOLVER.OPTIMIZER}, "
           f"{build_optimizer.__module__}, {build_lr_scheduler.__module__}, {DetectionCheckpointer.__name__}",
           flush=True)
+    import detectron2.engine.defaults
+    import torch
+
+    ddp = create_ddp_model(torch.nn.Linear(2, 2), broadcast_buffers=False)  # a CPU model
+    print(f"rank {comm.get_rank()}: {type(ddp).__name__}, DefaultTrainer's the same: "
+          f"{detectron2.engine.defaults.create_ddp_model is create_ddp_model}", flush=True)
 
 
 if __name__ == "__main__":
@@ -208,13 +215,15 @@ if __name__ == "__main__":
 
 def test_launched_processes_carry_the_patches(datasets, tmp_path):
     """--num-gpus 2: Detectron2's launch() spawns 2 new interpreters (gloo on the CPU) that import the script before
-    anything is patched; each still sees our keys, optimiser and checkpointer under the script's own names."""
+    anything is patched; each still sees our keys, optimiser and checkpointer under the script's own names, and
+    create_ddp_model wraps a CPU model (Detectron2's passes device_ids, which DDP refuses for CPU parameters)."""
     script = tmp_path / "workers.py"
     script.write_text(WORKERS)
     log = launch(script, "--num-gpus", 2, "--dist-url", "auto", datasets=datasets, CUDA_VISIBLE_DEVICES="")
     for rank in range(2):
         assert (f"rank {rank} of 2: OPTIMIZER SGD, effvit_plugins.detectron2.solver, effvit_plugins.detectron2.solver,"
                 f" EffViTCheckpointer") in log, log[-3000:]
+        assert f"rank {rank}: DistributedDataParallel, DefaultTrainer's the same: True" in log, log[-3000:]
 
 
 def test_usage_errors(capsys):
