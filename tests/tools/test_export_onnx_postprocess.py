@@ -14,7 +14,7 @@ import torch
 
 from effvit_plugins.deploy import OnnxDetector, OnnxSegmentor
 from effvit_plugins.deploy.runtime import METADATA_KEY, Detections, compare_detections, generated_image
-from effvit_plugins.mm.deploy import DETECTION_TOLERANCE
+from effvit_plugins.mm.deploy import DETECTION_TOLERANCE, detection_cutoffs
 from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config
 from effvit_plugins.models.spec import families
 
@@ -82,7 +82,7 @@ def _compare_with_inference_detector(model, path, figures):
             res = inference_detector(model, image).pred_instances
         ref = Detections(res.bboxes.numpy(), res.scores.numpy(), res.labels.numpy(),
                          res.masks.numpy() if "masks" in res else None)
-        diff = compare_detections(ours, ref)
+        diff = compare_detections(ours, ref, tie=DETECTION_TOLERANCE["score_atol"], **detection_cutoffs(model))
         figures.append(f"onnxruntime vs inference_detector, {h}x{w} image: {diff}")  # docs/deployment.md's
         assert diff.within(**DETECTION_TOLERANCE), (IMAGES[i], str(diff))
         assert ours.boxes.dtype == np.float32 and ours.labels.dtype == np.int64
