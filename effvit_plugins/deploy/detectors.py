@@ -26,16 +26,17 @@ def decode_deltas(anchors: Tensor, deltas: Tensor, means: Sequence[float], stds:
                   img_shape: Tensor, wh_ratio_clip: float = 16 / 1000) -> Tensor:
     """(x, y, w, h) deltas relative to ``anchors`` ``(n, 4)`` -> boxes ``(n, 4)`` x1y1x2y2, clipped to
     ``img_shape`` = (height, width). ``deltas`` may hold several boxes per anchor: ``(n, 4k)`` -> ``(n, 4k)``."""
-    n = deltas.shape[0]
-    d = deltas.reshape(n, -1, 4) * deltas.new_tensor(stds) + deltas.new_tensor(means)
-    a = anchors[:, None, :]
+    # strided slices, no Reshape: a level without candidates has n = 0, where a reshape to (n, -1, 4) is ambiguous
+    # (PyTorch and onnxruntime both refuse it) -- a RetinaNet image with nothing above score_thr on one level
+    dx, dy, dw, dh = (deltas[:, i::4] * float(stds[i]) + float(means[i]) for i in range(4))  # each (n, k)
+    a = anchors[:, :, None]  # (n, 4, 1)
     limit = abs(math.log(wh_ratio_clip))
-    dw = d[..., 2].clamp(-limit, limit)
-    dh = d[..., 3].clamp(-limit, limit)
-    pw = a[..., 2] - a[..., 0]
-    ph = a[..., 3] - a[..., 1]
-    cx = (a[..., 0] + a[..., 2]) * 0.5 + pw * d[..., 0]
-    cy = (a[..., 1] + a[..., 3]) * 0.5 + ph * d[..., 1]
+    dw = dw.clamp(-limit, limit)
+    dh = dh.clamp(-limit, limit)
+    pw = a[:, 2] - a[:, 0]
+    ph = a[:, 3] - a[:, 1]
+    cx = (a[:, 0] + a[:, 2]) * 0.5 + pw * dx
+    cy = (a[:, 1] + a[:, 3]) * 0.5 + ph * dy
     half_w = pw * dw.exp() * 0.5
     half_h = ph * dh.exp() * 0.5
     zero = deltas.new_zeros(())
@@ -43,7 +44,7 @@ def decode_deltas(anchors: Tensor, deltas: Tensor, means: Sequence[float], stds:
     y1 = torch.minimum((cy - half_h).clamp_min(zero), img_shape[0])
     x2 = torch.minimum((cx + half_w).clamp_min(zero), img_shape[1])
     y2 = torch.minimum((cy + half_h).clamp_min(zero), img_shape[0])
-    return torch.stack([x1, y1, x2, y2], dim=-1).reshape(n, -1)
+    return torch.stack([x1, y1, x2, y2], dim=-1).flatten(1)  # (n, k, 4) -> (n, 4k)
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:

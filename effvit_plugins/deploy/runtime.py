@@ -268,27 +268,43 @@ class DetectionDifference:
     score: float  # largest |score difference|
     mask_pixels: float  # largest fraction of a detection's mask pixels (union) that differ; 0 without masks
     mask_diffs: Tuple[Tuple[int, int], ...] = ()  # (differing pixels, union) per pair of masks
+    at_cut: Tuple[int, int] = (0, 0)  # detections in one result only, scored within ``tie`` of a cut-off (ours, ref)
 
     def within(self, box_atol: float, score_atol: float, mask_frac: float, mask_px: int = 2) -> bool:
-        """Same count and labels, boxes / scores within the tolerances, and in each mask at most ``mask_frac`` of
-        its pixels or ``mask_px`` pixels differ (a pixel whose probability is 0.5 up to float rounding flips)."""
+        """Same count (besides the detections at a cut-off, see :func:`compare_detections`) and labels, boxes /
+        scores within the tolerances, and in each mask at most ``mask_frac`` of its pixels or ``mask_px`` pixels
+        differ (a pixel whose probability is 0.5 up to float rounding flips)."""
         masks_ok = self.mask_pixels <= mask_frac or all(d <= max(mask_px, mask_frac * u) for d, u in self.mask_diffs)
-        return (self.count[0] == self.count[1] and self.labels_differ == 0 and self.box <= box_atol
-                and self.score <= score_atol and masks_ok)
+        return (self.count[0] - self.at_cut[0] == self.count[1] - self.at_cut[1] and self.labels_differ == 0
+                and self.box <= box_atol and self.score <= score_atol and masks_ok)
 
     def __str__(self) -> str:
         most = max((d for d, _ in self.mask_diffs), default=0)
-        return (f"{self.count[0]} vs {self.count[1]} detections, {self.labels_differ} labels differ, boxes "
+        cut = (f" ({self.at_cut[0]} vs {self.at_cut[1]} of them only in one result, scored at a cut-off)"
+               if any(self.at_cut) else "")
+        return (f"{self.count[0]} vs {self.count[1]} detections{cut}, {self.labels_differ} labels differ, boxes "
                 f"{self.box:.2e} px, scores {self.score:.2e}, masks {self.mask_pixels:.2e} of the pixels (at most "
                 f"{most} pixels of a mask)")
 
 
-def compare_detections(ours: Detections, ref: Detections, tie: float = 1e-4) -> DetectionDifference:
+def compare_detections(ours: Detections, ref: Detections, tie: float = 1e-4, score_thr: Optional[float] = None,
+                       max_per_img: Optional[int] = None) -> DetectionDifference:
     """Pair the detections of two results and measure how they differ. Detections are paired in score order; among
     detections whose scores are within ``tie`` of each other (their order can swap between two runtimes) each is
-    paired with the one of the same label and the closest box."""
-    n = min(len(ours), len(ref))
-    pairs, used = [], set()
+    paired with the one of the same label and the closest box.
+
+    Cut-offs: which detections a result holds is decided by score at ``score_thr`` and, when a result holds
+    ``max_per_img`` detections, at its lowest score. Two runtimes whose scores agree within ``tie`` may put a
+    detection scored within ``tie`` of a cut-off on different sides of it: such a detection, found in one result
+    only, is counted in ``at_cut`` and not paired (any other detection without a partner is a difference). Nothing
+    else is excused: the detections above the cut-offs must pair up within the tolerances."""
+    cuts = ([float(score_thr)] if score_thr is not None else []) + [
+        float(r.scores.min()) for r in (ours, ref) if max_per_img and len(r) >= max_per_img]
+
+    def at_a_cut(score) -> bool:
+        return any(abs(float(score) - c) <= tie for c in cuts)
+
+    pairs, used, cut_ours = [], set(), 0
     for i in range(len(ours)):
         best, best_cost = None, float("inf")
         for j in range(len(ref)):
@@ -297,13 +313,18 @@ def compare_detections(ours: Detections, ref: Detections, tie: float = 1e-4) -> 
             cost = float(np.abs(ours.boxes[i] - ref.boxes[j]).max()) + (1e9 if ours.labels[i] != ref.labels[j] else 0)
             if cost < best_cost:
                 best, best_cost = j, cost
+        if (best is None or best_cost >= 1e9) and at_a_cut(ours.scores[i]):
+            cut_ours += 1  # no partner of its label within ``tie``, at a cut-off: on the other side of it in ref
+            continue
         if best is None:
             best = next((j for j in range(len(ref)) if j not in used), None)
         if best is None:
             break
         used.add(best)
         pairs.append((i, best))
-    inf = float("inf") if len(ours) != len(ref) or len(pairs) != n else 0.0
+    cut_ref = sum(1 for j in range(len(ref)) if j not in used and at_a_cut(ref.scores[j]))
+    n = min(len(ours) - cut_ours, len(ref) - cut_ref)
+    inf = float("inf") if len(ours) - cut_ours != len(ref) - cut_ref or len(pairs) != n else 0.0
     box = max((float(np.abs(ours.boxes[i] - ref.boxes[j]).max()) for i, j in pairs), default=0.0)
     score = max((abs(float(ours.scores[i]) - float(ref.scores[j])) for i, j in pairs), default=0.0)
     labels = sum(int(ours.labels[i] != ref.labels[j]) for i, j in pairs)
@@ -318,7 +339,7 @@ def compare_detections(ours: Detections, ref: Detections, tie: float = 1e-4) -> 
                 diffs.append((diff, union))
                 frac = max(frac, diff / union if union else 0.0)
     return DetectionDifference((len(ours), len(ref)), labels, max(box, inf), max(score, inf), max(frac, inf),
-                               tuple(diffs) if not inf and frac != float("inf") else ())
+                               tuple(diffs) if not inf and frac != float("inf") else (), (cut_ours, cut_ref))
 
 
 def describe_outputs(meta: dict) -> List[str]:

@@ -199,6 +199,8 @@ class DetectorExport(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 # boxes (pixels), scores, masks: 1% of a mask's pixels or 2 pixels (DetectionDifference.within)
 DETECTION_TOLERANCE = dict(box_atol=1e-2, score_atol=1e-4, mask_frac=1e-2, mask_px=2)
+# compare_detections also lets a detection scored within score_atol of a cut-off (score_thr, or the lowest kept
+# score when max_per_img detections are kept) be in one result only: detection_cutoffs gives them
 SEGMENTATION_TOLERANCE = 1e-3  # fraction of pixels whose label may differ (arg-max of near-equal logits)
 _IGNORED_STEPS = {"LoadImageFromFile", "LoadImageFromNDArray", "LoadAnnotations", "PackDetInputs",
                   "PackSegInputs"}
@@ -301,6 +303,15 @@ def mmdet_detections(model: nn.Module, pre, class_names_=()):
     return Detections(res.bboxes.numpy(), res.scores.numpy(), res.labels.numpy(), masks, tuple(class_names_))
 
 
+def detection_cutoffs(model: nn.Module) -> dict:
+    """The score cut-offs of a detector's final detections (``score_thr``, ``max_per_img`` of its test_cfg: the
+    RetinaNet head's, or the R-CNN stage's), as :func:`~effvit_plugins.deploy.runtime.compare_detections` takes
+    them."""
+    head = model.roi_head if getattr(model, "roi_head", None) is not None else model.bbox_head
+    cfg = head.test_cfg
+    return dict(score_thr=float(cfg.get("score_thr", 0.0)), max_per_img=int(cfg.get("max_per_img", 100)))
+
+
 def detection_checker(model: nn.Module, meta: dict, what: str, seed: int = 0):
     """``checker(path)`` for :func:`effvit_plugins.deploy.export_onnx`: the exported graph run by onnxruntime with
     the numpy pre/post-processing (:class:`~effvit_plugins.deploy.OnnxDetector`) against mmdet's own inference on a
@@ -316,7 +327,8 @@ def detection_checker(model: nn.Module, meta: dict, what: str, seed: int = 0):
         except Exception as e:  # onnxruntime's own exception types
             raise ExportError(f"{what}: onnxruntime cannot run the exported graph: "
                               f"{str(e).strip().splitlines()[0][:400]}") from None
-        diff = compare_detections(ours, mmdet_detections(model, pre))
+        diff = compare_detections(ours, mmdet_detections(model, pre), tie=DETECTION_TOLERANCE["score_atol"],
+                                  **detection_cutoffs(model))
         if not diff.within(**DETECTION_TOLERANCE):
             raise ExportError(f"{what}: onnxruntime's detections differ from mmdet's ({diff}; tolerance "
                               f"{DETECTION_TOLERANCE}).")

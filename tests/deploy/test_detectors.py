@@ -49,3 +49,41 @@ def test_batched_nms_and_multiclass_nms_equal_mmdet():
     dets, labels = mm_multiclass_nms(per_class, cls_scores, 0.1, dict(type="nms", iou_threshold=0.5), 50)
     b, s, l = multiclass_nms(per_class, cls_scores, 0.1, 0.5, 50)
     assert torch.equal(b, dets[:, :4]) and torch.equal(s, dets[:, 4]) and torch.equal(l, labels)
+
+
+def test_dense_post_process_with_a_level_without_candidates_runs_in_pytorch_and_onnxruntime(tmp_path):
+    """A RetinaNet level with no score above score_thr (common on the coarse levels) gives no boxes there: PyTorch
+    and the exported graph (traced with candidates on every level) both run it and agree."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from effvit_plugins.deploy import OPSET
+    from effvit_plugins.deploy.detectors import DenseDetectionPostProcess
+
+    g = torch.Generator().manual_seed(0)
+    anchors = [_boxes(4 * 5 * 2, g, 80, 64), _boxes(2 * 3 * 2, g, 80, 64)]  # 2 anchors per cell, 3 classes
+    post = DenseDetectionPostProcess(anchors, 3, [0.0] * 4, [0.1, 0.1, 0.2, 0.2], score_thr=0.05, nms_pre=10,
+                                     iou_threshold=0.5, max_per_img=8, min_bbox_size=0)
+
+    def inputs(empty_level):
+        cls = [torch.randn(1, 6, 4, 5, generator=g), torch.randn(1, 6, 2, 3, generator=g)]
+        if empty_level is not None:
+            cls[empty_level] = torch.full_like(cls[empty_level], -10.0)
+        reg = [torch.randn(1, 8, 4, 5, generator=g) * 0.5, torch.randn(1, 8, 2, 3, generator=g) * 0.5]
+        return (*cls, *reg, torch.tensor([64.0, 80.0]), torch.tensor([1.0, 1.0]))
+
+    class Wrap(torch.nn.Module):
+        def forward(self, c0, c1, r0, r1, img_shape, scale_factor):
+            return post([c0, c1], [r0, r1], img_shape, scale_factor)
+
+    names = ["c0", "c1", "r0", "r1", "img_shape", "scale_factor"]
+    torch.onnx.export(Wrap(), inputs(None), str(tmp_path / "p.onnx"), dynamo=False, opset_version=OPSET,
+                      input_names=names, output_names=["boxes", "scores", "labels"])
+    sess = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    for empty in (1, 0):
+        x = inputs(empty)
+        ref = Wrap()(*x)
+        out = sess.run(None, {n: t.numpy() for n, t in zip(names, x)})
+        assert len(ref[0]) > 0 and out[0].shape == tuple(ref[0].shape)
+        for o, r in zip(out, ref):
+            assert np.allclose(o, r.numpy(), atol=1e-4)

@@ -73,3 +73,20 @@ def test_compare_detections_pairs_near_equal_scores_and_flags_differences():
     d = compare_detections(a, c)
     assert d.box == 1 and d.labels_differ == 1 and not d.within(0.5, 1, 0)
     assert compare_detections(a, _dets(b.boxes[:2], b.scores[:2], b.labels[:2])).box == float("inf")
+
+
+def test_compare_detections_excuses_only_detections_scored_at_a_cut_off():
+    """A detection within the score tolerance of a cut-off (the lowest kept score of a result holding max_per_img
+    detections, or score_thr) may be in one result only; one above the cut-offs may not."""
+    boxes = [[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 2, 2]]
+    a = _dets(boxes, [0.9, 0.6, 0.30004], [1, 2, 3])
+    b = _dets(boxes[:2] + [[40, 40, 50, 50]], [0.9, 0.6, 0.30001], [1, 2, 4])  # the last ones swapped at the cut
+    assert not compare_detections(a, b).within(1e-2, 1e-4, 0)  # without cut-offs: a label differs
+    d = compare_detections(a, b, max_per_img=3)
+    assert d.within(1e-2, 1e-4, 0) and d.at_cut == (1, 1) and "scored at a cut-off" in str(d)
+    assert not compare_detections(a, b, max_per_img=4).within(1e-2, 1e-4, 0)  # neither result is full
+    c = _dets(boxes[:2], [0.9, 0.6], [1, 2])  # one detection near score_thr only in a
+    assert compare_detections(a, c, score_thr=0.3).within(1e-2, 1e-4, 0)
+    assert not compare_detections(a, c, score_thr=0.2).within(1e-2, 1e-4, 0)
+    e = _dets([boxes[0], [40, 40, 50, 50], boxes[2]], [0.9, 0.6, 0.30004], [1, 4, 3])  # differs above the cut
+    assert not compare_detections(a, e, max_per_img=3).within(1e-2, 1e-4, 0)
