@@ -11,7 +11,8 @@
 * Comparisons: :func:`timm_model_from` (timm's model with given tensors, strictly), :func:`max_logit_differences`,
   :func:`assert_complexity` (parameters / MACs against published figures).
 * :func:`check_backbone_contract` and the ``check_*`` functions it runs: the backbone contract, for any registered
-  family (``tests/models/test_backbone_contract.py`` runs them for every family).
+  family (``tests/models/test_backbone_contract.py`` runs them for every family); :func:`assert_one_graph`: a
+  module compiles as one ``torch.compile`` graph (``tests/models/test_compile.py``).
 * :func:`mim_search_names` -- the model names in the output of OpenMMLab's ``mim search``;
   :func:`detectron2_results` -- the metrics in the log of a Detectron2 evaluation (its ``copypaste:`` lines);
   :func:`detectron2_tools_dir` -- Detectron2's own ``tools/`` scripts.
@@ -609,6 +610,44 @@ def check_grad_checkpointing(spec: FamilySpec, variant: str) -> None:
         assert g1.keys() == g2.keys() and len(g1) > 10
         for k in g1:
             torch.testing.assert_close(g1[k], g2[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def assert_one_graph(module: nn.Module, *inputs, training: bool, name: str = "", rtol: float = 1e-4,
+                     atol: float = 1e-4) -> None:
+    """``torch.compile(module, fullgraph=True)`` in training mode (with autograd) or in eval mode (under
+    ``torch.no_grad``: the eager CPU inference paths) captures ONE graph for ``inputs`` -- no graph break, no
+    recompilation when called twice with the same inputs -- and computes what the eager module computes (within
+    ``rtol``/``atol``: under compilation BatchNorm is not folded). The backend only counts the graphs and runs them
+    as captured (no code generation). Resets dynamo before and after."""
+    import torch._dynamo as dynamo
+
+    name = name or type(module).__name__
+    graphs: List[object] = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    dynamo.reset()
+    module.train(training)
+    compiled = torch.compile(module, backend=counting_backend, fullgraph=True, dynamic=False)
+    try:
+        with torch.set_grad_enabled(training):
+            ref = module(*inputs)
+            try:
+                outs = [compiled(*inputs) for _ in range(2)]
+            except dynamo.exc.Unsupported as e:
+                raise AssertionError(
+                    f"{name} ({'train' if training else 'eval, no_grad'}): torch.compile breaks the graph: {e}\n"
+                    f"A CPU fast path that dynamo cannot trace must step aside while compiling (test "
+                    f"effvit_plugins.models.layers.cache_disabled(), i.e. torch.compiler.is_compiling()).") from e
+    finally:
+        dynamo.reset()
+    assert len(graphs) == 1, (
+        f"{name} ({'train' if training else 'eval'}): {len(graphs)} graphs were compiled for two calls with the same "
+        f"input (recompilation; run with TORCH_LOGS=recompiles to see which guard failed).")
+    for out in outs:
+        torch.testing.assert_close(out, ref, rtol=rtol, atol=atol, msg=lambda m: f"{name}: compiled != eager: {m}")
 
 
 # the checks of one (family, variant) that need only the core (no OpenMMLab), cheapest first

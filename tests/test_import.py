@@ -54,6 +54,8 @@ PROBE = """
     print("loader patched:", all(CheckpointLoader._schemes[p] is load_from_effvit_plugins
                                  for p in ("", "https://", "open-mmlab://", "torchvision://")))
     print("history buffer patched:", HistoryBuffer.__getstate__.__module__ == "effvit_plugins.mm.compat")
+    from mmengine.optim import OptimWrapper
+    print("param groups patched:", OptimWrapper.__init__.__module__ == "effvit_plugins.mm.compat")
     print("lvis hook:", any(isinstance(f, _LvisEvalFinder) for f in sys.meta_path))
     print("registered:", all(MODELS.get(s.name) is not None for s in families()))
 """
@@ -65,10 +67,11 @@ def test_import_logs_one_line_naming_the_patches():
     lvis.install()  # already applied: nothing changes, nothing is logged
     """)
     assert "loader patched: True" in out and "history buffer patched: True" in out and "lvis hook: True" in out
-    assert "registered: True" in out
+    assert "param groups patched: True" in out and "registered: True" in out
     lines = [line for line in (out + err).splitlines() if "EFFVIT_PLUGINS_NO_PATCHES" in line]
     assert len(lines) == 1, out + err
     assert "mmengine's checkpoint loader" in lines[0] and "lvis.eval" in lines[0] and "INFO" in lines[0]
+    assert "parameter groups as plain dicts" in lines[0]
 
 
 def test_env_var_turns_the_patches_off_but_not_registration():
@@ -77,7 +80,7 @@ def test_env_var_turns_the_patches_off_but_not_registration():
     assert lvis.install() is False
     """, EFFVIT_PLUGINS_NO_PATCHES="1")
     assert "loader patched: False" in out and "history buffer patched: False" in out and "lvis hook: False" in out
-    assert "registered: True" in out
+    assert "param groups patched: False" in out and "registered: True" in out
     assert "EFFVIT_PLUGINS_NO_PATCHES" not in out + err and "patched " not in out + err
 
 

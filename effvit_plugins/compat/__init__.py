@@ -6,11 +6,12 @@ the environment variable ``EFFVIT_PLUGINS_NO_PATCHES`` is set (to anything but `
 ``no``); the first call in a process that changes something logs ONE line (logger ``effvit_plugins.compat``,
 level INFO) naming the changes and the variable. Later calls log nothing.
 
-The repairs (``import effvit_plugins`` applies both when mmengine is installed, see :mod:`effvit_plugins`):
+The repairs (``import effvit_plugins`` applies them all when mmengine is installed, see :mod:`effvit_plugins`):
 
 * :mod:`effvit_plugins.compat.lvis` -- the ``lvis`` package's evaluation on numpy >= 1.24 (framework-free; the
   Detectron2 trainer also applies it when it builds an LVIS evaluator);
-* :mod:`effvit_plugins.mm.compat` -- mmengine 0.10.7's runner checkpoints on torch >= 2.6.
+* :mod:`effvit_plugins.mm.compat` -- mmengine 0.10.7's runner checkpoints on torch >= 2.6, and its optimizer
+  parameter groups under ``compile=True``.
 """
 from __future__ import annotations
 

@@ -49,6 +49,10 @@ def add_effvit_config(cfg: CN) -> CN:
       ``attention_biases_seg``); like Detectron2's ``WEIGHT_DECAY_NORM`` (0.0 by default) for norm layers.
     * ``POLY_LR_POWER``: the ``"WarmupPolyLR"`` schedule (``SOLVER.LR_SCHEDULER_NAME``, after the usual warm-up):
       ``lr = BASE_LR * (1 - iter / MAX_ITER) ** POLY_LR_POWER``.
+    * ``COMPILE.ENABLED``: ``torch.compile`` the model's backbone (ours with its FPN: one graph per input size,
+      :func:`effvit_plugins.detectron2.engine.compile_backbone`), like ``SOLVER.AMP.ENABLED`` a switch of the
+      training run; ``COMPILE.BACKEND``: the ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` to check
+      the capture without code generation).
     """
     cfg.MODEL.EFFVIT = CN()
     cfg.MODEL.EFFVIT.FAMILY = ""
@@ -65,4 +69,7 @@ def add_effvit_config(cfg: CN) -> CN:
     cfg.SOLVER.BETAS = (0.9, 0.999)
     cfg.SOLVER.WEIGHT_DECAY_ATTN_BIAS = 0.0
     cfg.SOLVER.POLY_LR_POWER = 0.9
+    cfg.SOLVER.COMPILE = CN()
+    cfg.SOLVER.COMPILE.ENABLED = False
+    cfg.SOLVER.COMPILE.BACKEND = "inductor"
     return cfg

@@ -6,6 +6,7 @@
   ``MODEL.WEIGHTS``; ``weights_only=True`` loading of its own checkpoints for ``--resume``).
 * several processes (``tools/train_net.py --num-gpus N``): :func:`create_ddp_model` wraps a CPU model in
   ``DistributedDataParallel`` without ``device_ids`` (gloo processes), a CUDA model on the process's GPU.
+* ``SOLVER.COMPILE.ENABLED``: the model's backbone is compiled with ``torch.compile`` (:func:`compile_backbone`).
 * evaluators by the dataset's ``evaluator_type``: ``coco`` -> ``COCOEvaluator``, ``lvis`` -> ``LVISEvaluator``
   (with ``TEST.DETECTIONS_PER_IMAGE`` detections per image, and the ``np.float`` fix of the ``lvis`` package),
   ``sem_seg`` and ``cityscapes_sem_seg`` -> ``SemSegEvaluator`` (Detectron2's Cityscapes evaluators import an
@@ -28,7 +29,7 @@ from detectron2.utils.logger import setup_logger
 from .checkpoint import EffViTCheckpointer
 from .solver import build_lr_scheduler, build_optimizer
 
-__all__ = ["Trainer", "create_ddp_model", "install_lvis_compat"]
+__all__ = ["Trainer", "compile_backbone", "create_ddp_model", "install_lvis_compat"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,29 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
         if devices != {"cuda"}:
             kwargs["device_ids"] = None
     return d2_create_ddp_model(model, **kwargs)
+
+
+def compile_backbone(cfg, model: torch.nn.Module) -> torch.nn.Module:
+    """With ``SOLVER.COMPILE.ENABLED``, compile ``model.backbone`` (Detectron2's FPN around our backbone) in place
+    with ``torch.compile(backend=SOLVER.COMPILE.BACKEND)`` (``nn.Module.compile``: parameter names and checkpoints
+    unchanged; works before or after the ``DistributedDataParallel`` wrap) and return ``model``. The backbone is
+    where the compute is and compiles as one graph per input size; Detectron2's heads (proposal sampling,
+    box-dependent shapes) are left eager. Nothing happens when the key is off."""
+    compile_cfg = getattr(cfg.SOLVER, "COMPILE", None)
+    if compile_cfg is None or not compile_cfg.ENABLED:
+        return model
+    inner = getattr(model, "module", model)  # (DistributedDataParallel)
+    backbone = getattr(inner, "backbone", None)
+    if not isinstance(backbone, torch.nn.Module):
+        from .config import ConfigNotHonouredError
+
+        raise ConfigNotHonouredError(
+            f"SOLVER.COMPILE.ENABLED is True but the model ({type(inner).__name__}) has no `backbone` module to "
+            "compile. Set SOLVER.COMPILE.ENABLED False, or compile the model yourself.")
+    backbone.compile(backend=compile_cfg.BACKEND)
+    logger.info("torch.compile: %s compiled with backend %r (the first iterations of each input size are slow)",
+                type(backbone).__name__, compile_cfg.BACKEND)
+    return model
 
 
 class Trainer(DefaultTrainer):
@@ -73,6 +97,10 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        return compile_backbone(cfg, super().build_model(cfg))
 
     @classmethod
     def build_optimizer(cls, cfg, model):

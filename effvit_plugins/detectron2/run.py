@@ -12,6 +12,8 @@ script runs, :func:`install` patches Detectron2 in this process (and in every pr
 * ``build_optimizer`` / ``build_lr_scheduler`` (``detectron2.solver``, which the scripts and ``DefaultTrainer``
   call) are :mod:`effvit_plugins.detectron2.solver`'s: ``SOLVER.OPTIMIZER`` (``ADAMW``), ``SOLVER.BETAS``,
   ``SOLVER.WEIGHT_DECAY_ATTN_BIAS`` and the ``WarmupPolyLR`` schedule take effect.
+* ``build_model`` compiles the backbone with ``torch.compile`` when ``SOLVER.COMPILE.ENABLED`` is set
+  (:func:`effvit_plugins.detectron2.engine.compile_backbone`).
 * ``DetectionCheckpointer`` is :class:`~effvit_plugins.detectron2.checkpoint.EffViTCheckpointer`: ``MODEL.WEIGHTS``
   may be an official weight file / URL of our families, and checkpoints load with ``weights_only=True``.
 * ``create_ddp_model`` (what ``DefaultTrainer`` and ``lazyconfig_train_net.py`` wrap the model with) leaves
@@ -134,14 +136,18 @@ def _check_device(cfg) -> None:
 
 
 def _patch_build_model() -> None:
-    """``build_model(cfg)`` stops at once with the fix when ``MODEL.DEVICE`` is CUDA and there is none."""
+    """``build_model(cfg)`` stops at once with the fix when ``MODEL.DEVICE`` is CUDA and there is none, and
+    compiles the backbone with ``SOLVER.COMPILE.ENABLED``
+    (:func:`effvit_plugins.detectron2.engine.compile_backbone`)."""
     import detectron2.modeling as d2_modeling
 
     original = d2_modeling.build_model
 
     def build_model(cfg):
+        from .engine import compile_backbone
+
         _check_device(cfg)
-        return original(cfg)
+        return compile_backbone(cfg, original(cfg))
 
     build_model.__doc__ = original.__doc__
     replace(original, build_model)

@@ -26,6 +26,13 @@ mmengine loads it into the model, so ``load_from=<official ImageNet file>`` work
 
 All of this is :data:`PATCH`, applied by ``import effvit_plugins`` unless ``EFFVIT_PLUGINS_NO_PATCHES=1``
 (:mod:`effvit_plugins.compat`).
+
+:data:`COMPILE_PATCH` (applied the same way) makes ``compile=True`` in a config work with ``paramwise_cfg``: the
+runner's optimizer constructor builds the optimizer from a ``ConfigDict``, so its parameter groups are
+``ConfigDict`` objects, and torch 2.13's dynamo, which mmengine asks to compile ``train_step`` including the
+optimizer step, fails on them (``InternalTorchDynamoError: AttributeError: 'UserDefinedDictVariable' object has no
+attribute 'items'`` in ``Adam.step``). ``OptimWrapper`` (and its subclasses) turn the groups into plain dicts, the
+type ``torch.optim`` itself creates; same keys and values, nothing else changes.
 """
 from __future__ import annotations
 
@@ -123,3 +130,40 @@ PATCH = Patch("mmengine's checkpoint loader for local files, URLs and open-mmlab
               "downloads checked against the hash in their name; our families' official files converted) and "
               "HistoryBuffer's pickling",
               patch_mmengine_checkpoint_loading)
+
+
+_PARAM_GROUPS_PATCHED = False
+
+
+def plain_param_groups(optimizer) -> None:
+    """Replace ``optimizer``'s parameter groups that are dict subclasses (mmengine's ``ConfigDict``) by plain dicts
+    with the same items (in place: the list object, which schedulers and the optimizer hold, stays)."""
+    groups = optimizer.param_groups
+    for i, group in enumerate(groups):
+        if type(group) is not dict:
+            groups[i] = dict(group)
+
+
+def patch_optim_wrapper_param_groups() -> bool:
+    """``OptimWrapper.__init__`` followed by :func:`plain_param_groups` (see the module docstring). False when
+    already done."""
+    global _PARAM_GROUPS_PATCHED
+    if _PARAM_GROUPS_PATCHED:
+        return False
+    from mmengine.optim import OptimWrapper
+
+    init = OptimWrapper.__init__
+
+    def __init__(self, optimizer, *args, **kwargs):
+        init(self, optimizer, *args, **kwargs)
+        plain_param_groups(self.optimizer)
+
+    __init__.__wrapped__ = init
+    __init__.__doc__ = init.__doc__
+    OptimWrapper.__init__ = __init__
+    _PARAM_GROUPS_PATCHED = True
+    return True
+
+
+COMPILE_PATCH = Patch("the optimizer's parameter groups as plain dicts, not ConfigDicts (torch.compile of train_step, "
+                      "compile=True, fails on those)", patch_optim_wrapper_param_groups)

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from .base import BackboneBase, resolve_arch
 from .spec import FamilySpec, Paper, SegHead, register_family
-from .layers import (ConvNormAct, autocast_off, is_channels_last, like_memory_format, set_norm_eps, upsample,
-                     use_channels_last)
+from .layers import (ConvNormAct, autocast_off, cache_disabled, is_channels_last, like_memory_format, set_norm_eps,
+                     upsample, use_channels_last)
 
 FAMILY = "EfficientViT-MIT"
 
@@ -282,7 +282,7 @@ class LiteMLA(nn.Module):
         v = F.pad(t[..., 2 * d:], (0, 1), mode="constant", value=1.0)  # (B, h, N, d+1)
         out = torch.matmul(q, torch.matmul(k.transpose(-1, -2), v))  # (B, h, N, d+1)
         num, den = out[..., :d], out[..., d:] + self.eps
-        if torch.is_grad_enabled() or torch.jit.is_tracing():  # autograd / export: no out= argument
+        if torch.is_grad_enabled() or cache_disabled():  # autograd / export / torch.compile: no out= argument
             result = (num / den).transpose(1, 2).reshape(B, H, W, heads * d)
         else:
             result = qkv.new_empty((B, H, W, heads * d), dtype=out.dtype)

@@ -178,6 +178,28 @@ def test_add_effvit_config_keys_and_drop_path():
     assert rates and max(rates) == pytest.approx(0.2)
 
 
+def test_solver_compile_compiles_the_backbone_in_place():
+    """SOLVER.COMPILE.ENABLED (off by default) compiles ``model.backbone`` in place (nn.Module.compile: the same
+    parameter names), also inside DistributedDataParallel's ``module``; a model without a backbone is an error."""
+    from effvit_plugins.detectron2.config import ConfigNotHonouredError
+    from effvit_plugins.detectron2.engine import compile_backbone
+
+    cfg = effvit_cfg("efficientvit_mit", "b0")
+    assert cfg.SOLVER.COMPILE.ENABLED is False and cfg.SOLVER.COMPILE.BACKEND == "inductor"
+    model = torch.nn.Module()
+    model.backbone = build("", cfg, "efficientvit_mit")
+    names = [n for n, _ in model.named_parameters()]
+    assert compile_backbone(cfg, model) is model and model.backbone._compiled_call_impl is None
+    cfg.SOLVER.COMPILE.ENABLED = True
+    cfg.SOLVER.COMPILE.BACKEND = "eager"
+    wrapper = torch.nn.Module()
+    wrapper.module = model  # (as DistributedDataParallel holds it)
+    assert compile_backbone(cfg, wrapper) is wrapper and model.backbone._compiled_call_impl is not None
+    assert [n for n, _ in model.named_parameters()] == names
+    with pytest.raises(ConfigNotHonouredError, match="SOLVER.COMPILE.ENABLED is True but the model"):
+        compile_backbone(cfg, torch.nn.Linear(2, 2))
+
+
 def test_adamw_without_decay_on_norms_and_attention_biases():
     cfg = effvit_cfg("efficientformer_v2", "s0")
     cfg.SOLVER.OPTIMIZER = "ADAMW"

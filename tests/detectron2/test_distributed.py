@@ -43,30 +43,38 @@ OPTS = ["MODEL.DEVICE", "cpu", "MODEL.EFFVIT.ARCH", "b0", "MODEL.EFFVIT.NORM_EVA
         "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", "SEED", "0"]
 
 
-def train(datasets, out, num_gpus):
+def train(datasets, out, num_gpus, *opts):
     env = dict(os.environ, PYTHONPATH=ROOT, DETECTRON2_DATASETS=str(datasets), CUDA_VISIBLE_DEVICES="",
                OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, os.path.join(HERE, "train_net_rank_weights.py"), "--config-file", CONFIG,
-           "--num-gpus", str(num_gpus), "--dist-url", "auto", *OPTS, "OUTPUT_DIR", str(out)]
+           "--num-gpus", str(num_gpus), "--dist-url", "auto", *OPTS, *opts, "OUTPUT_DIR", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-5000:]
     return log
 
 
-def test_two_processes_equal_one_process_with_the_same_total_batch(tmp_path):
-    datasets = tmp_path / "datasets"
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The demo data (every pixel labelled) and the 1-process run: (datasets folder, output folder)."""
+    tmp = tmp_path_factory.mktemp("d2_train")
+    datasets = tmp / "datasets"
     generate_cityscapes_demo(str(datasets / "cityscapes_demo"), num_train=8, num_val=1, seed=0, log=lambda *a: None)
     for label in (datasets / "cityscapes_demo" / "gtFine").rglob("*_labelTrainIds.png"):
         a = np.array(Image.open(label))
         Image.fromarray(np.where(a == 255, 0, a).astype(np.uint8)).save(label)  # every pixel counts in the loss
+    train(datasets, tmp / "one", 1)
+    return datasets, tmp / "one"
 
+
+def test_two_processes_equal_one_process_with_the_same_total_batch(one_process, tmp_path):
+    datasets, one = one_process
     log = train(datasets, tmp_path / "two", 2)
     assert "World size: 2" in log, log[-3000:]
-    train(datasets, tmp_path / "one", 1)
 
     def load(run, rank, tag):
-        return torch.load(tmp_path / run / f"weights_rank{rank}_{tag}.pth", weights_only=True)
+        folder = one if run == "one" else tmp_path / run
+        return torch.load(folder / f"weights_rank{rank}_{tag}.pth", weights_only=True)
 
     start, single = load("one", 0, "start"), load("one", 0, "end")
     rank0, rank1 = load("two", 0, "end"), load("two", 1, "end")
@@ -84,6 +92,25 @@ def test_two_processes_equal_one_process_with_the_same_total_batch(tmp_path):
     # frozen BatchNorm: running statistics untouched in both set-ups
     stats = [k for k in single if "running_" in k]
     assert stats and all(torch.equal(rank0[k], start[k]) and torch.equal(single[k], start[k]) for k in stats)
+
+
+def test_solver_compile_trains_as_eager(one_process, tmp_path):
+    """``SOLVER.COMPILE.ENABLED`` (backbone compiled, here with the ``aot_eager`` backend: dynamo capture and AOT
+    autograd without code generation) trains to the weights of the eager 1-process run, and the checkpoint keys are
+    the usual ones (the backbone is compiled in place)."""
+    datasets, one = one_process
+    log = train(datasets, tmp_path / "compiled", 1, "SOLVER.COMPILE.ENABLED", "True", "SOLVER.COMPILE.BACKEND",
+                "aot_eager")
+    assert "torch.compile: FPN compiled with backend 'aot_eager'" in log, log[-3000:]
+    eager = torch.load(one / "weights_rank0_end.pth", weights_only=True)
+    start = torch.load(one / "weights_rank0_start.pth", weights_only=True)
+    compiled = torch.load(tmp_path / "compiled" / "weights_rank0_end.pth", weights_only=True)
+    assert compiled.keys() == eager.keys()
+    params = [k for k in eager if eager[k].is_floating_point()]
+    moved = max((eager[k] - start[k]).abs().max().item() for k in params)
+    diff = max((compiled[k] - eager[k]).abs().max().item() for k in params)
+    print(f"max weight change {moved:.3g}; max difference compiled vs eager: {diff:.3g}")
+    assert moved > 1e-3 and diff < 1e-5, (moved, diff)
 
 
 def test_gpu_count_and_cpu_processes_on_a_gpu_machine(load_tool, monkeypatch, capsys):
