@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Latency of our models against reference implementations, measured in the same process.
 
-    python tools/benchmark.py [--suite seg backbones families det d2 onnx deploy] [--repeat 10] [--threads N]
+    python tools/benchmark.py [--suite seg backbones families det d2 onnx deploy train] [--repeat 10] [--threads N]
                               [--device cpu|cuda]
                               [--dtype float32|bfloat16|float16]
 
@@ -34,6 +34,17 @@ Suites:
              threshold 1 -- and score threshold 0 so the mask head runs on 100 detections, as trained models do)
              and backbone alone (the bottom-up network under the FPN).
              Target: both backbones >= 2x faster than ResNet-50.
+  train      training: one optimiser step (forward, loss, backward, the config's AdamW step) of the mmseg/mmdet
+             models -- EfficientViT-B1 + SegHead (Cityscapes config) at 512x1024 batch 2 and one Mask R-CNN per
+             family (our COCO configs) at 512x512 batch 2, through ``model.train_step`` as mmengine's loop calls
+             it -- and of each family's backbone (sum of its feature maps' means, AdamW) against timm's same
+             variant where timm has it.  Columns: step time eager and with ``torch.compile`` (inductor, what a
+             config's ``compile=True`` does to ``train_step``), timed interleaved, median; and the peak memory one
+             step adds (activations, gradients, temporaries) without and with ``with_cp``, measured as the growth
+             of peak RSS in a fresh subprocess per model (freed memory returned to the OS there), which also gives
+             the B1 segmentor at 1024x2048.  Targets: step >= 1.3x timm's; compile >= 1.3x eager; ``with_cp`` at
+             most half the step memory of the B1 segmentor at 1024x2048.  ``--train-size H W --train-batch N``
+             override every row's input (quick checks), ``--compile-backend`` the backend.
 
 Each pair is timed alternately (ours, reference, ours, ...) after warm-up; the median of ``--repeat`` runs is
 reported together with ``speed-up = reference / ours``. Nothing here is a test: numbers depend on the machine.
@@ -49,19 +60,33 @@ import torch  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Latency benchmark (ours vs reference, same process)")
-    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families", "det", "d2", "onnx", "deploy"],
-                   choices=["seg", "backbones", "families", "det", "d2", "onnx", "deploy"])
+    p.add_argument("--suite", nargs="+", default=["seg", "backbones", "families", "det", "d2", "onnx", "deploy", "train"],
+                   choices=["seg", "backbones", "families", "det", "d2", "onnx", "deploy", "train"])
     p.add_argument("--repeat", type=int, default=10, help="timed runs per model (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--variants", nargs="+", default=None,
-                   help="restrict the backbones / onnx suites (e.g. b0 l3 m4 seg-b1)")
+                   help="restrict the backbones / onnx / train suites (e.g. b0 l3 m4 seg-b1; train: row names "
+                        "containing any of them, case-insensitive, e.g. seghead mask-rcnn backbone)")
     p.add_argument("--sizes", type=int, nargs="+", default=[224, 512], help="onnx suite: backbone input sides")
     p.add_argument("--det-size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"),
                    help="deploy suite: image size (the export is padded to multiples of 32)")
-    return p.parse_args(argv)
+    p.add_argument("--train-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="train suite: one input size for every row instead of each row's own")
+    p.add_argument("--train-batch", type=int, default=None, help="train suite: one batch size for every row")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="train suite: torch.compile backend of the compiled column ('none' leaves the column out)")
+    p.add_argument("--no-memory", action="store_true", help="train suite: leave the memory columns out")
+    p.add_argument("--train-probe", type=int, default=None, help=argparse.SUPPRESS)  # subprocess: memory of row N
+    p.add_argument("--probe-what", default="ours", choices=["ours", "with_cp", "timm"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.train_batch is not None and args.train_batch < 1:
+        p.error(f"--train-batch must be >= 1, got {args.train_batch}")
+    if args.train_size is not None and min(args.train_size) < 32:
+        p.error(f"--train-size must be at least 32x32 (every model here has stride 32), got {args.train_size}")
+    return args
 
 
 def time_pair(ours, ref, x, repeat, warmup, device, dtype):
@@ -399,6 +424,224 @@ def suite_d2(args, device, dtype):
                       whole, lambda m: m.backbone.bottom_up, image, x_pad, (h, w))
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# train suite
+TRAIN_ROWS = (  # (name, kind, what, (H, W), batch, timm name or None, compiled and timed?)
+    # kind "mm": ``what`` is our config; kind "backbone": (our core module, backbone class, arch)
+    ("EfficientViT-B1 + SegHead", "mm", ONNX_SEGMENTOR, (512, 1024), 2, None, True),
+    ("EfficientViT-B1 + SegHead", "mm", ONNX_SEGMENTOR, (1024, 2048), 2, None, False),  # the with_cp goal
+    ("Mask R-CNN EfficientViT-B1", "mm", DEPLOY_CONFIGS[0][1], (512, 512), 2, None, True),
+    ("Mask R-CNN EfficientViT-MSRA-M4", "mm", DEPLOY_CONFIGS[1][1], (512, 512), 2, None, True),
+    ("Mask R-CNN EdgeViT-XS", "mm", DEPLOY_CONFIGS[2][1], (512, 512), 2, None, True),
+    ("Mask R-CNN EfficientFormer-L1", "mm", DEPLOY_CONFIGS[3][1], (512, 512), 2, None, True),
+    ("backbone EfficientViT-B1", "backbone", ("efficientvit_mit", "EfficientViTMITBackbone", "b1"), (512, 1024), 2,
+     "efficientvit_b1", True),
+    ("backbone EfficientViT-L1", "backbone", ("efficientvit_mit", "EfficientViTMITBackbone", "l1"), (512, 512), 2,
+     "efficientvit_l1", True),
+    ("backbone EfficientViT-MSRA-M4", "backbone", ("efficientvit_msra", "EfficientViTMSRABackbone", "m4"), (224, 224),
+     16, "efficientvit_m4", True),
+    ("backbone EdgeViT-XS", "backbone", ("edgevit", "EdgeViTBackbone", "xs"), (224, 224), 16, None, True),
+    ("backbone EfficientFormer-L1", "backbone", ("efficientformer_v1", "EfficientFormerV1Backbone", "l1"), (224, 224),
+     16, "efficientformer_l1", True),
+    ("backbone EfficientFormerV2-S1", "backbone", ("efficientformer_v2", "EfficientFormerV2Backbone", "s1"),
+     (224, 224), 16, "efficientformerv2_s1", True),
+)
+
+
+def _train_row_input(args, row):
+    _, _, _, hw, batch, _, _ = row
+    return tuple(args.train_size or hw), args.train_batch or batch
+
+
+def _mm_train_batch(cfg, hw, batch, seed=0):
+    """A training batch as the dataloader gives it to ``train_step``: uint8 images and ground truth of random
+    content (semantic maps over the config's classes; three boxes with masks per image for detectors)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = hw
+    inputs = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for _ in range(batch)]
+    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1.0, 1.0), flip=False)
+    if cfg.get("default_scope") == "mmdet":
+        import numpy as np
+        from mmdet.structures import DetDataSample
+        from mmdet.structures.mask import BitmapMasks
+        from mmengine.structures import InstanceData
+
+        samples = []
+        for _ in range(batch):
+            xy = torch.rand(3, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+            wh = 16 + torch.rand(3, 2, generator=g) * torch.tensor([w * 0.35, h * 0.35])
+            boxes = torch.cat([xy, xy + wh], 1).round()
+            masks = np.zeros((3, h, w), np.uint8)
+            for i, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
+                masks[i, y0:y1, x0:x1] = 1
+            sample = DetDataSample(metainfo=meta)
+            sample.gt_instances = InstanceData(bboxes=boxes, labels=torch.randint(0, 80, (3,), generator=g),
+                                               masks=BitmapMasks(masks, h, w))
+            samples.append(sample)
+    else:
+        from mmengine.structures import PixelData
+        from mmseg.structures import SegDataSample
+
+        classes = cfg.model.decode_head.num_classes
+        samples = [SegDataSample(metainfo=meta, gt_sem_seg=PixelData(
+            data=torch.randint(0, classes, (1, h, w), generator=g))) for _ in range(batch)]
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def build_train_step(args, row, what="ours"):
+    """``(model, step, compiled)``: ``step()`` runs one optimiser step of ``row`` (``what``: ours, ours with ``with_cp``, or
+    timm's same variant); ``compiled(backend)`` gives the same step under ``torch.compile`` -- for mmengine models
+    ``train_step`` compiled, as mmengine's runner does for a config's ``compile=True``."""
+    import importlib
+
+    name, kind, spec, _, _, timm_name, _ = row
+    hw, batch = _train_row_input(args, row)
+    torch.manual_seed(0)
+    if kind == "mm":
+        import effvit_plugins  # noqa: F401  (registers our modules, repairs the optimiser's groups for compile)
+        from mmengine.optim import build_optim_wrapper
+
+        from effvit_plugins.mm.tools_common import build_model_from_cfg, load_config
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        cfg = load_config(os.path.join(root, spec))
+        cfg.model.backbone.with_cp = what == "with_cp"
+        if cfg.model.data_preprocessor.get("size") is not None:  # segmentors pad to the crop: pad to this input
+            cfg.model.data_preprocessor.size = hw
+        model = build_model_from_cfg(cfg, args.device).train()
+        optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+        data = _mm_train_batch(cfg, hw, batch)
+
+        def compiled(backend):
+            train_step = torch.compile(model.train_step, backend=backend)
+            return lambda: train_step(data, optim_wrapper)
+
+        return model, (lambda: model.train_step(data, optim_wrapper)), compiled
+    if what == "timm":
+        import timm
+
+        model = timm_features(timm, timm_name, hw)
+    else:
+        mod, cls, arch = spec
+        model = getattr(importlib.import_module(f"effvit_plugins.models.{mod}"), cls)(arch, with_cp=what == "with_cp")
+    model = model.to(args.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    x = torch.randn(batch, 3, *hw, device=args.device)
+
+    def step():
+        loss = sum(f.float().mean() for f in model(x))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return model, step, lambda backend: torch.compile(step, backend=backend)
+
+
+def _rss_kib():
+    with open("/proc/self/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    return int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
+
+
+def train_memory_probe(args):
+    """Subprocess entry (``--train-probe N --probe-what W``): peak-RSS growth, in MiB, of one optimiser step of row
+    N after a first step has created the optimiser's state; printed as ``PROBE <MiB>``. The parent starts it with
+    glibc's mmap threshold low, so freed activations leave the process and the peak is what the step holds."""
+    import ctypes
+    import gc
+
+    _, step, _ = build_train_step(args, TRAIN_ROWS[args.train_probe], args.probe_what)
+    step()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    before, _ = _rss_kib()
+    with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS (Linux >= 4.0)
+        f.write("5")
+    step()
+    _, peak = _rss_kib()
+    print(f"PROBE {(peak - before) / 1024:.1f}", flush=True)
+
+
+def _probe_memory(args, index, what):
+    import subprocess
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    cmd = [sys.executable, os.path.abspath(__file__), "--train-probe", str(index), "--probe-what", what,
+           "--device", args.device, "--threads", str(torch.get_num_threads())]
+    if args.train_size:
+        cmd += ["--train-size", *map(str, args.train_size)]
+    if args.train_batch:
+        cmd += ["--train-batch", str(args.train_batch)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("PROBE ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"memory probe of {TRAIN_ROWS[index][0]} ({what}) failed (exit {out.returncode}):\n"
+                           f"{out.stderr[-2000:]}")
+    return float(lines[-1].split()[1])
+
+
+def suite_train(args, device, dtype):
+    from effvit_plugins.utils.benchmark import keep_freed_memory, time_interleaved
+
+    if dtype != torch.float32:
+        raise SystemExit("--suite train measures float32 training; AMP training is a config's optim_wrapper "
+                         "(type='AmpOptimWrapper'), not a --dtype of this benchmark")
+    if device != "cpu" and not args.no_memory:
+        raise SystemExit("--suite train measures memory as the process's RSS (CPU); on CUDA pass --no-memory")
+    wanted = [v.lower() for v in args.variants] if args.variants else None
+    rows = [(i, r) for i, r in enumerate(TRAIN_ROWS) if wanted is None or any(v in r[0].lower() for v in wanted)]
+    if not rows:
+        raise SystemExit(f"--variants {args.variants} match no train row; rows: {sorted({r[0] for r in TRAIN_ROWS})}")
+    backend = None if args.compile_backend == "none" else args.compile_backend
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    kept = keep_freed_memory() if device == "cpu" else False
+    print(f"== training: one optimiser step (AdamW), median of {args.repeat} interleaved rounds after {args.warmup} "
+          f"warm-up; compiled column: torch.compile(backend={backend!r}); memory: peak RSS growth of one step in a "
+          f"fresh process; freed memory kept in this process: {kept} ==", flush=True)
+    print(f"{'model':<34} {'input':<14} {'eager ms':>9} {'compile ms':>10} {'x eager':>7} {'timm ms':>8} "
+          f"{'x timm':>6} {'MiB':>7} {'with_cp':>7} {'ratio':>5} {'timm MiB':>8}", flush=True)
+    for index, row in rows:
+        name, _, _, _, _, timm_name, timed = row
+        hw, batch = _train_row_input(args, row)
+        t_eager = t_comp = t_timm = None
+        if timed or args.train_size:
+            _, step, compiled = build_train_step(args, row)
+            fns = [step] + ([compiled(backend)] if backend is not None else [])
+            if timm_name:
+                timm_step = build_train_step(args, row, "timm")[1]
+                try:
+                    timm_step()
+                    fns.append(timm_step)
+                except RuntimeError as e:  # e.g. fixed-resolution attention biases
+                    print(f"  (timm {timm_name} cannot train at {hw[0]}x{hw[1]}: {str(e).splitlines()[0][:90]})")
+                    timm_name = None
+            times = time_interleaved(fns, args.repeat, max(args.warmup, 2 if backend else 0), sync=sync)
+            t_eager = times[0]
+            t_comp = times[1] if backend is not None else None
+            t_timm = times[-1] if timm_name else None
+            del step, compiled, fns
+        mem = mem_cp = mem_timm = None
+        if not args.no_memory:
+            mem = _probe_memory(args, index, "ours")
+            mem_cp = _probe_memory(args, index, "with_cp")
+            mem_timm = _probe_memory(args, index, "timm") if timm_name else None
+
+        def f(v, fmt):
+            return "-" if v is None else format(v, fmt)
+
+        print(f"{name:<34} {f'{batch}x{hw[0]}x{hw[1]}':<14} {f(t_eager and t_eager * 1e3, '9.1f'):>9} "
+              f"{f(t_comp and t_comp * 1e3, '10.1f'):>10} {f(t_comp and t_eager / t_comp, '7.2f'):>7} "
+              f"{f(t_timm and t_timm * 1e3, '8.1f'):>8} {f(t_timm and t_timm / t_eager, '6.2f'):>6} "
+              f"{f(mem, '7.0f'):>7} {f(mem_cp, '7.0f'):>7} {f(mem_cp and mem_cp / mem, '5.2f'):>5} "
+              f"{f(mem_timm, '8.0f'):>8}", flush=True)
+
+
 def timm_features(timm, name, size):
     """timm feature extractor; fixed-input-size models (MSRA, EfficientFormer) are built for ``size``."""
     try:
@@ -409,6 +652,11 @@ def timm_features(timm, name, size):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.train_probe is not None:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.set_flush_denormal(True)
+        return train_memory_probe(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)

@@ -32,7 +32,10 @@ runner's optimizer constructor builds the optimizer from a ``ConfigDict``, so it
 ``ConfigDict`` objects, and torch 2.13's dynamo, which mmengine asks to compile ``train_step`` including the
 optimizer step, fails on them (``InternalTorchDynamoError: AttributeError: 'UserDefinedDictVariable' object has no
 attribute 'items'`` in ``Adam.step``). ``OptimWrapper`` (and its subclasses) turn the groups into plain dicts, the
-type ``torch.optim`` itself creates; same keys and values, nothing else changes.
+type ``torch.optim`` itself creates; same keys and values, nothing else changes. It also keeps the message hub's
+updates (``MessageHub.update_scalar`` and friends, which ``OptimWrapper`` calls with the gradient norm when a config
+clips gradients) out of compilation (``torch.compiler.disable``): traced, ``HistoryBuffer.update`` guarded on the
+logged value and recompiled at every iteration (``TORCH_LOGS=recompiles``) until dynamo's recompile limit.
 """
 from __future__ import annotations
 
@@ -145,12 +148,19 @@ def plain_param_groups(optimizer) -> None:
 
 
 def patch_optim_wrapper_param_groups() -> bool:
-    """``OptimWrapper.__init__`` followed by :func:`plain_param_groups` (see the module docstring). False when
-    already done."""
+    """``OptimWrapper.__init__`` followed by :func:`plain_param_groups`, and the message hub's updates outside
+    compilation (see the module docstring). False when already done."""
     global _PARAM_GROUPS_PATCHED
     if _PARAM_GROUPS_PATCHED:
         return False
+    import torch
+    from mmengine.logging import MessageHub
     from mmengine.optim import OptimWrapper
+
+    for name in ("update_scalar", "update_scalars", "update_info", "update_info_dict"):
+        method = getattr(MessageHub, name, None)
+        if method is not None:
+            setattr(MessageHub, name, torch.compiler.disable(method, recursive=True))
 
     init = OptimWrapper.__init__
 
@@ -166,4 +176,5 @@ def patch_optim_wrapper_param_groups() -> bool:
 
 
 COMPILE_PATCH = Patch("the optimizer's parameter groups as plain dicts, not ConfigDicts (torch.compile of train_step, "
-                      "compile=True, fails on those)", patch_optim_wrapper_param_groups)
+                      "compile=True, fails on those), and the message hub's updates left out of compilation (traced, "
+                      "they recompiled at every iteration)", patch_optim_wrapper_param_groups)

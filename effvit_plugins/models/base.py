@@ -104,7 +104,7 @@ class BackboneBase(nn.Module):
     frozen_stages = -1
     norm_eval = False
     grad_checkpointing = False
-    channels_last = False  # Optional[bool]; None: channels-last for CPU inference (see layers.use_channels_last)
+    channels_last = False  # Optional[bool]; None: channels-last on the CPU (see layers.use_channels_last)
     # properties TorchScript must not compile (descriptions of the model, not used by forward)
     __jit_unused_properties__ = ["stage_channels", "stage_strides", "out_channels", "out_strides", "with_cp"]
 
@@ -121,7 +121,7 @@ class BackboneBase(nn.Module):
         raise NotImplementedError
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        if use_channels_last(self.channels_last, x, self.training):
+        if use_channels_last(self.channels_last, x):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 

@@ -288,7 +288,8 @@ class EfficientFormerV2Backbone(BackboneBase):
         img_size: input size the ImageNet attention-bias tables are defined for (224).
         seg_resolution: build the official dense-prediction tables (``attention_biases_seg``) for an R x R pixel
             input (official: 800 for detection, 512 for segmentation); ``None`` keeps the ImageNet tables.
-        channels_last: run channels-last (outputs are returned contiguous NCHW); ``None`` = for CPU inference.
+        channels_last: run channels-last (outputs are returned contiguous NCHW); ``None`` = on the CPU (inference
+            and training).
         with_cp: gradient checkpointing (OpenMMLab's name; the same switch as ``set_grad_checkpointing``): every
             block (and stem / downsampling layer) is recomputed in the backward pass instead of keeping its
             activations -- much less activation memory at large inputs, about one more forward of compute.

@@ -336,7 +336,8 @@ class EfficientViTMITBackbone(BackboneBase):
         norm_eps (float, optional): BN eps; defaults to the official value (1e-5 for B, 1e-7 for L).
         attn_eps (float): epsilon of the linear-attention normaliser (official 1e-15).
         channels_last (bool, optional): run the convolutions in channels-last layout (outputs are returned in
-            the usual contiguous NCHW layout). ``None`` = for CPU inference, where it is about 1.6x faster.
+            the usual contiguous NCHW layout). ``None`` = on the CPU, where it is about 1.6x faster at inference
+            and 1.1-1.3x in training.
         with_cp (bool): gradient checkpointing (OpenMMLab's name; the same switch as ``set_grad_checkpointing``): every
             block (and stem / downsampling layer) is recomputed in the backward pass instead of keeping its
             activations -- much less activation memory at large inputs, about one more forward of compute.
@@ -565,7 +566,7 @@ class SegHeadCore(nn.Module):
 def seg_head_features(head: nn.Module, feats: Sequence[torch.Tensor]) -> torch.Tensor:
     """SegHead fusion on any module holding ``input_ops``, ``upsample``, ``middle`` and ``final_expand``."""
     size = feats[-1].shape[-2:]
-    if use_channels_last(getattr(head, "channels_last", None), feats[-1], head.training):
+    if use_channels_last(getattr(head, "channels_last", None), feats[-1]):
         feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
     x = None
     for op, f in zip(head.input_ops, feats):

@@ -401,8 +401,8 @@ class EfficientViTMSRABackbone(BackboneBase):
             An image size (e.g. 224) builds the tables as the official classifier does for that size
             (``min(7, stage resolution)``), which is what ImageNet checkpoints contain. Either way any input size
             works; checkpoints of the other kind load with the bias tables resized (one log line says which).
-        channels_last: run channels-last (outputs are returned contiguous NCHW); ``None`` = for CPU inference,
-            where it is faster (M4 on 2 threads: 1.11x / 1.16x timm's speed at 224 / 512, NCHW 1.06x / 1.05x).
+        channels_last: run channels-last (outputs are returned contiguous NCHW); ``None`` = on the CPU (inference
+            and training), where it is faster (M4 on 2 threads: 1.11x / 1.16x timm's speed at 224 / 512, NCHW 1.06x / 1.05x).
         with_cp: gradient checkpointing (OpenMMLab's name; the same switch as ``set_grad_checkpointing``): every
             block (and stem / downsampling layer) is recomputed in the backward pass instead of keeping its
             activations -- much less activation memory at large inputs, about one more forward of compute.

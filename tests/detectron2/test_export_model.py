@@ -169,17 +169,6 @@ def as_detections(flat, with_masks=True):
     return dict(boxes=boxes, classes=classes, scores=scores)
 
 
-@pytest.mark.parametrize("name", [s.key for s in families()])
-def test_tracing_torchscript(exported, name):
-    case = exported["cases"][name]
-    out = output_dir(exported, name, "tracing", "torchscript")
-    ts = torch.jit.load(os.path.join(out, "model.ts"))
-    with torch.no_grad():
-        got = [t for t in ts(case["image"])]
-    check_detections(name, "tracing/torchscript", as_detections(case["flat"]), as_detections(got),
-                     ("boxes", "classes", "scores", "masks"))
-
-
 def onnx_detections(out, image):
     import onnx
     import onnxruntime as ort
@@ -193,11 +182,21 @@ def onnx_detections(out, image):
     return [torch.from_numpy(a) for a in session.run(None, {session.get_inputs()[0].name: image.numpy()})]
 
 
+def traced_outputs(out, fmt, image):
+    """The flat outputs of the traced export in ``out`` (``model.ts`` or ``model.onnx``) on ``image``."""
+    if fmt == "onnx":
+        return onnx_detections(out, image)
+    ts = torch.jit.load(os.path.join(out, "model.ts"))
+    with torch.no_grad():
+        return list(ts(image))
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 @pytest.mark.parametrize("name", [s.key for s in families()])
-def test_tracing_onnx(exported, name):
+def test_tracing(exported, name, fmt):
     case = exported["cases"][name]
-    got = onnx_detections(output_dir(exported, name, "tracing", "onnx"), case["image"])
-    check_detections(name, "tracing/onnx", as_detections(case["flat"]), as_detections(got),
+    got = traced_outputs(output_dir(exported, name, "tracing", fmt), fmt, case["image"])
+    check_detections(name, f"tracing/{fmt}", as_detections(case["flat"]), as_detections(got),
                      ("boxes", "classes", "scores", "masks"))
 
 

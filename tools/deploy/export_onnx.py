@@ -98,8 +98,7 @@ def main(argv=None):
     except ValueError as e:
         fail(str(e))
     except RuntimeError as e:  # strict checkpoint loading
-        fail(f"{args.checkpoint} does not fit {args.config}: {str(e).splitlines()[0][:300]} ... An official release "
-             f"file must be converted first: python tools/convert_checkpoint.py SRC DST")
+        fail(checkpoint_mismatch(args, e))
     what = f"{name} ({'features' if args.features else kind})"
     print(f"{what}: outputs {', '.join(names)}; input (N, 3, {args.shape[0]}, {args.shape[1]})", flush=True)
     try:
@@ -123,6 +122,12 @@ def main(argv=None):
     return report
 
 
+def checkpoint_mismatch(args, error: Exception) -> str:
+    """The message for a ``--checkpoint`` that strict loading refused."""
+    return (f"{args.checkpoint} does not fit {args.config}: {str(error).splitlines()[0][:300]} ... An official "
+            f"release file must be converted first: python tools/convert_checkpoint.py SRC DST")
+
+
 def export_with_postprocess(args, cfg, name, out):
     from effvit_plugins.mm.tools_common import fail
     from effvit_plugins.deploy import OPSET, ExportError, export_onnx
@@ -137,8 +142,7 @@ def export_with_postprocess(args, cfg, name, out):
     except ValueError as e:
         fail(str(e))
     except RuntimeError as e:  # strict checkpoint loading
-        fail(f"{args.checkpoint} does not fit {args.config}: {str(e).splitlines()[0][:300]} ... An official release "
-             f"file must be converted first: python tools/convert_checkpoint.py SRC DST")
+        fail(checkpoint_mismatch(args, e))
     what = f"{name} ({dep.kind} with post-processing)"
     print(f"{what}: inputs {', '.join(dep.input_names)}; outputs {', '.join(dep.output_names)}; fixed "
           f"{args.shape[0]}x{args.shape[1]}", flush=True)
