@@ -612,6 +612,9 @@ def suite_train(args, device, dtype):
         t_eager = t_comp = t_timm = None
         if timed or args.train_size:
             _, step, compiled = build_train_step(args, row)
+            # every row compiles the same code (this suite's step, mmengine's train_step): start from dynamo's empty
+            # cache, as a training run does, or the next row would be compiled with dynamic shapes
+            torch._dynamo.reset()
             fns = [step] + ([compiled(backend)] if backend is not None else [])
             if timm_name:
                 timm_step = build_train_step(args, row, "timm")[1]

@@ -109,3 +109,31 @@ def test_disallowed_checkpoint_refused_by_runner_resume_and_load_from(tmp_path):
     # the message tells a user who trusts the file what to do
     with pytest.raises(RuntimeError, match=r"If you trust this file, extract its tensors"):
         runner.resume(path)
+
+
+
+def test_message_hub_updates_stay_out_of_compiled_code():
+    """With a config's ``clip_grad``, ``OptimWrapper`` logs ``float(grad_norm)`` through the message hub inside the
+    ``train_step`` that ``compile=True`` compiles; traced, ``HistoryBuffer.update`` guarded on the value and
+    recompiled at every step. The patch runs the hub's updates eagerly: the compilations stop after the first steps."""
+    from mmengine.logging import MessageHub
+    from mmengine.optim import OptimWrapper
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    hub = MessageHub.get_instance("effvit-compile-test")  # the wrapper logs into the newest hub
+    model = torch.nn.Linear(3, 1)
+    optim_wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1), clip_grad=dict(max_norm=1.0))
+    counter = CompileCounter()
+
+    @torch.compile(backend=counter)
+    def step(x):
+        optim_wrapper.update_params(model(x).square().sum())
+
+    counts = []
+    for _ in range(6):
+        step(torch.randn(4, 3))
+        counts.append(counter.frame_count)
+    assert len(hub.get_scalar("train/grad_norm").data[0]) == 6  # still logged at every step
+    assert counts[-1] == counts[2], f"compilations after each step: {counts}"
